@@ -1,0 +1,14 @@
+// Headers for the per-ISA kernel translation units, included before their `#pragma GCC target`
+// so that everything declared here is compiled for the baseline ISA (see kernels_impl.h).
+#pragma once
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "cpu/gemm_args.h"
+#include "cpu/isa.h"
+#include "cpu/sgd_math.h"

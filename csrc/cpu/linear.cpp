@@ -1,0 +1,158 @@
+// CPU implementations of the linear / linear+ReLU operators: each is one or two calls of the GEMM
+// core with the right operand strides and hooks. No copies: strided views are packed as they are.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "cpu/dtype.h"
+#include "cpu/isa.h"
+#include "ops.h"
+
+namespace fused_linreg::cpu {
+namespace {
+
+BitMask bitmask(const at::Tensor& mask, int64_t row_bytes) {
+  return BitMask{mask.data_ptr<uint8_t>(), row_bytes};
+}
+
+// y = act(x @ W.T + b), written into `out` [M, N]; the mask (if any) into `mask`.
+void forward_into(const at::Tensor& x, const at::Tensor& weight, const OptionalTensor& bias,
+                  const at::Tensor& out, const at::Tensor* mask) {
+  dispatch_dtype(x.scalar_type(), "fused_linreg.linear_forward", [&](auto tag) {
+    using T = decltype(tag);
+    GemmArgs<T> g;
+    g.M = x.size(0);
+    g.N = weight.size(0);
+    g.K = x.size(1);
+    g.a = data_as<const T>(x);
+    g.a_rs = x.stride(0);
+    g.a_cs = x.stride(1);
+    g.b = data_as<const T>(weight);  // B(k, n) = W[n, k]
+    g.b_rs = weight.stride(1);
+    g.b_cs = weight.stride(0);
+    g.c = data_as<T>(out);
+    g.ldc = g.N;
+    g.bias = bias.has_value() ? data_as<const T>(*bias) : nullptr;
+    g.relu = mask != nullptr;
+    if (mask) g.c_mask = bitmask(*mask, relu_mask_row_bytes(g.N));
+    active_kernels().get<T>().gemm(g);
+  });
+}
+
+// float16 runs through the float32 kernels: convert in, compute, convert out.
+bool is_half(const at::Tensor& t) { return t.scalar_type() == at::kHalf; }
+OptionalTensor to_float(const OptionalTensor& t) {
+  return t.has_value() ? OptionalTensor(t->to(at::kFloat)) : std::nullopt;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> linear_relu_forward(const at::Tensor& input,
+                                                       const at::Tensor& weight,
+                                                       const OptionalTensor& bias) {
+  check_linear_args("fused_linreg.linear_relu_forward", input, weight, bias);
+  if (is_half(input)) {
+    auto [y, mask] = linear_relu_forward(input.to(at::kFloat), weight.to(at::kFloat), to_float(bias));
+    return {y.to(at::kHalf), mask};
+  }
+  const at::Tensor x = as_rows(input);
+  const int64_t n = weight.size(0);
+  at::Tensor out = at::empty({x.size(0), n}, input.options());
+  at::Tensor mask = at::empty({x.size(0), relu_mask_row_bytes(n)}, input.options().dtype(at::kByte));
+  const OptionalTensor b = bias.has_value() ? OptionalTensor(bias->contiguous()) : std::nullopt;
+  forward_into(x, weight, b, out, &mask);
+  return {out.view(rows_shape(input, n)), mask.view(rows_shape(input, mask.size(1)))};
+}
+
+at::Tensor linear_forward(const at::Tensor& input, const at::Tensor& weight,
+                          const OptionalTensor& bias) {
+  check_linear_args("fused_linreg.linear_forward", input, weight, bias);
+  if (is_half(input))
+    return linear_forward(input.to(at::kFloat), weight.to(at::kFloat), to_float(bias)).to(at::kHalf);
+  const at::Tensor x = as_rows(input);
+  const int64_t n = weight.size(0);
+  at::Tensor out = at::empty({x.size(0), n}, input.options());
+  const OptionalTensor b = bias.has_value() ? OptionalTensor(bias->contiguous()) : std::nullopt;
+  forward_into(x, weight, b, out, nullptr);
+  return out.view(rows_shape(input, n));
+}
+
+LinearGrads linear_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                            const at::Tensor& weight, const OptionalTensor& relu_mask,
+                            std::array<bool, 3> output_mask) {
+  check_linear_backward_args(grad_output, input, weight, relu_mask);
+  if (is_half(input)) {
+    auto [gi, gw, gb] = linear_backward(grad_output.to(at::kFloat), input.to(at::kFloat),
+                                        weight.to(at::kFloat), relu_mask, output_mask);
+    auto half = [](const OptionalTensor& t) {
+      return t.has_value() ? OptionalTensor(t->to(at::kHalf)) : std::nullopt;
+    };
+    return {half(gi), half(gw), half(gb)};
+  }
+  const at::Tensor go = as_rows(grad_output);
+  const at::Tensor x = as_rows(input);
+  const at::Tensor mask = relu_mask.has_value() ? as_rows(*relu_mask) : at::Tensor();
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  OptionalTensor grad_input, grad_weight, grad_bias;
+
+  dispatch_dtype(input.scalar_type(), "fused_linreg.linear_backward", [&](auto tag) {
+    using T = decltype(tag);
+    using A = acc_t<T>;
+    const BitMask bits = mask.defined() ? bitmask(mask, mask.size(1)) : BitMask{};
+    const TypedKernels<T>& kernels = active_kernels().get<T>();
+
+    if (output_mask[0]) {  // grad_input [M, K] = G' @ W, G' = mask(grad_output)
+      at::Tensor gi = at::empty({M, K}, input.options());
+      GemmArgs<T> g;
+      g.M = M;
+      g.N = K;
+      g.K = N;
+      g.a = data_as<const T>(go);
+      g.a_rs = go.stride(0);
+      g.a_cs = go.stride(1);
+      g.a_mask = bits;
+      g.b = data_as<const T>(weight);
+      g.b_rs = weight.stride(0);
+      g.b_cs = weight.stride(1);
+      g.c = data_as<T>(gi);
+      g.ldc = K;
+      kernels.gemm(g);
+      grad_input = gi.view(input.sizes());
+    }
+
+    // grad_weight [N, K] = G'^T @ x; grad_bias [N] = row sums of G'^T, reduced while G' is
+    // packed for that GEMM (with an empty output when only the bias gradient is wanted).
+    if (output_mask[1] || output_mask[2]) {
+      at::Tensor gw = output_mask[1] ? at::empty({N, K}, input.options()) : at::Tensor();
+      at::Tensor bias_acc;
+      if (output_mask[2])
+        bias_acc = at::empty({N}, input.options().dtype(c10::CppTypeToScalarType<A>::value));
+      GemmArgs<T> g;
+      g.M = N;
+      g.N = output_mask[1] ? K : 0;
+      g.K = M;
+      g.a = data_as<const T>(go);  // A(n, m) = G'[m, n]
+      g.a_rs = go.stride(1);
+      g.a_cs = go.stride(0);
+      g.a_mask = bits;
+      g.a_mask_transposed = true;
+      g.a_row_sums = output_mask[2] ? data_as<A>(bias_acc) : nullptr;
+      g.b = data_as<const T>(x);
+      g.b_rs = x.stride(0);
+      g.b_cs = x.stride(1);
+      g.c = output_mask[1] ? data_as<T>(gw) : nullptr;
+      g.ldc = K;
+      kernels.gemm(g);
+      if (output_mask[1]) grad_weight = gw;
+      if (output_mask[2]) grad_bias = bias_acc.to(input.scalar_type());
+    }
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace fused_linreg::cpu
+
+TORCH_LIBRARY_IMPL(fused_linreg, CPU, m) {
+  m.impl("linear_forward", &fused_linreg::cpu::linear_forward);
+  m.impl("linear_relu_forward", &fused_linreg::cpu::linear_relu_forward);
+  m.impl("linear_backward", &fused_linreg::cpu::linear_backward);
+}

@@ -1,0 +1,60 @@
+// Every fused_linreg operator schema, in one place. Kernels register per device in cpu/ and
+// cuda/; fake kernels and autograd are registered from Python (fused_linreg/_ops.py).
+#include <torch/library.h>
+#include <torch/extension.h>
+
+#include "cpu/isa.h"
+
+TORCH_LIBRARY(fused_linreg, m) {
+  // y = input @ weight.T + bias over the last dim of input.
+  m.def("linear_forward(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
+  // y = relu(input @ weight.T + bias), and the bitmask of y > 0 (uint8 [*input.shape[:-1],
+  // ceil(N / 32) * 4]) that the backward uses instead of y.
+  m.def("linear_relu_forward(Tensor input, Tensor weight, Tensor? bias) -> (Tensor, Tensor)");
+  // Gradients of either forward (relu_mask None for the plain linear): (grad_input, grad_weight,
+  // grad_bias), each computed only when its output_mask entry is set, else None.
+  m.def(
+      "linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor? relu_mask, "
+      "bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)");
+  // torch.optim.SGD's update over a list of parameters in one call. momentum_buffers is empty
+  // when momentum == 0; init_momentum_buffers[i] marks a first step (buffer := gradient).
+  // grad_scale / found_inf come from torch.amp.GradScaler: the gradients are divided by
+  // grad_scale, and nothing changes when found_inf is non-zero.
+  m.def(
+      "sgd_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
+      "bool[] init_momentum_buffers, float lr, float momentum, float dampening, "
+      "float weight_decay, bool nesterov, bool maximize, Tensor? grad_scale=None, "
+      "Tensor? found_inf=None) -> ()");
+}
+
+namespace {
+
+// For fused_linreg.build_info() and the tests that force an ISA path.
+py::dict build_info() {
+  py::dict info;
+  info["torch_version"] = FUSED_LINREG_TORCH_VERSION;
+#ifdef FUSED_LINREG_WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_archs"] = FUSED_LINREG_CUDA_ARCHS;
+#else
+  info["cuda"] = false;
+  info["cuda_archs"] = "";
+#endif
+  py::list isas;
+  int n = 0;
+  const char* const* names = fused_linreg::cpu::supported_isas(&n);
+  for (int i = 0; i < n; ++i) isas.append(names[i]);
+  info["cpu_isas_supported"] = isas;
+  info["cpu_isas_compiled"] = py::make_tuple("avx512", "avx2", "generic");
+  info["cpu_isa_active"] = fused_linreg::cpu::active_kernels().name;
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("build_info", &build_info);
+  module.def(
+      "set_cpu_isa", [](const std::string& name) { fused_linreg::cpu::set_isa(name.c_str()); },
+      "Use the named CPU kernels (avx512, avx2, generic) for later calls.");
+}

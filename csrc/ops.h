@@ -1,0 +1,49 @@
+// The C++ signatures of the fused_linreg operators (schemas in fused_linreg.cpp), implemented per
+// device in cpu/ and cuda/, plus the argument checks both devices share.
+#pragma once
+#include <ATen/core/List.h>
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+namespace fused_linreg {
+
+using OptionalTensor = std::optional<at::Tensor>;
+using LinearGrads = std::tuple<OptionalTensor, OptionalTensor, OptionalTensor>;
+
+// Checks input [..., K], weight [N, K], bias [N], dtypes and devices; names the offending
+// argument. `op` prefixes the message.
+void check_linear_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                       const OptionalTensor& bias);
+void check_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                const at::Tensor& weight, const OptionalTensor& relu_mask);
+// Checks list lengths, shapes, dtypes, devices, aliasing and sparsity of a multi-tensor SGD step.
+void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                    const c10::List<bool>& init_momentum_buffers, double momentum,
+                    const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+
+// The input viewed as 2-D rows [M, K]: a view whenever the leading dims allow one.
+at::Tensor as_rows(const at::Tensor& input);
+// Shape of the output rows: input.shape[:-1] + [last].
+std::vector<int64_t> rows_shape(const at::Tensor& input, int64_t last);
+// Bytes per row of a ReLU bitmask over `n` outputs (padded to 32-bit words).
+inline int64_t relu_mask_row_bytes(int64_t n) { return (n + 31) / 32 * 4; }
+
+namespace cpu {
+at::Tensor linear_forward(const at::Tensor& input, const at::Tensor& weight,
+                          const OptionalTensor& bias);
+std::tuple<at::Tensor, at::Tensor> linear_relu_forward(const at::Tensor& input,
+                                                       const at::Tensor& weight,
+                                                       const OptionalTensor& bias);
+LinearGrads linear_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                            const at::Tensor& weight, const OptionalTensor& relu_mask,
+                            std::array<bool, 3> output_mask);
+void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+               const c10::List<bool>& init_momentum_buffers, double lr, double momentum,
+               double dampening, double weight_decay, bool nesterov, bool maximize,
+               const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+}  // namespace cpu
+
+}  // namespace fused_linreg

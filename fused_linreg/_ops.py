@@ -1,0 +1,121 @@
+"""The fused_linreg operators: loading the compiled kernels, their fake (meta) kernels for
+torch.compile, and their autograd. Everything else in the package goes through here."""
+from typing import Optional, Sequence
+
+import torch
+
+from fused_linreg._build_check import cuda_missing_message, load_extension
+
+_C = load_extension()
+ops = torch.ops.fused_linreg
+
+
+def relu_mask_row_bytes(out_features: int) -> int:
+    """Bytes per row of the ReLU bitmask: one bit per output, rows padded to 32-bit words."""
+    return (out_features + 31) // 32 * 4
+
+
+# ---- fake kernels: shapes and dtypes only, for torch.compile and meta tensors -----------------
+
+
+@torch.library.register_fake("fused_linreg::linear_forward")
+def _linear_forward_fake(input, weight, bias):
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
+@torch.library.register_fake("fused_linreg::linear_relu_forward")
+def _linear_relu_forward_fake(input, weight, bias):
+    out = input.new_empty((*input.shape[:-1], weight.shape[0]))
+    mask = input.new_empty((*input.shape[:-1], relu_mask_row_bytes(weight.shape[0])), dtype=torch.uint8)
+    return out, mask
+
+
+@torch.library.register_fake("fused_linreg::linear_backward")
+def _linear_backward_fake(grad_output, input, weight, relu_mask, output_mask):
+    return (
+        torch.empty_like(input, memory_format=torch.contiguous_format) if output_mask[0] else None,
+        torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else None,
+        weight.new_empty((weight.shape[0],)) if output_mask[2] else None,
+    )
+
+
+@torch.library.register_fake("fused_linreg::sgd_step_")
+def _sgd_step_fake(params, grads, momentum_buffers, init_momentum_buffers, lr, momentum,
+                   dampening, weight_decay, nesterov, maximize, grad_scale=None, found_inf=None):
+    return None
+
+
+# ---- autograd: one backward per forward, shared by the ops and the public Functions -----------
+
+
+def save_for_linear_backward(ctx, input, weight, bias, relu_mask):
+    """What the backward keeps: input, weight and (for ReLU) the bitmask. Never the output."""
+    ctx.save_for_backward(input, weight, relu_mask)
+    ctx.has_bias = bias is not None
+
+
+def linear_backward(ctx, grad_output):
+    """Gradients for (input, weight, bias), computing only those that are needed."""
+    input, weight, relu_mask = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    output_mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
+    if not any(output_mask):
+        return None, None, None
+    return ops.linear_backward(grad_output, input, weight, relu_mask, output_mask)
+
+
+def _setup_linear(ctx, inputs, output):
+    save_for_linear_backward(ctx, *inputs, None)
+
+
+def _setup_linear_relu(ctx, inputs, output):
+    save_for_linear_backward(ctx, *inputs, output[1])
+
+
+def _backward_linear_relu(ctx, grad_output, grad_mask):
+    return linear_backward(ctx, grad_output)
+
+
+torch.library.register_autograd(
+    "fused_linreg::linear_forward", linear_backward, setup_context=_setup_linear
+)
+torch.library.register_autograd(
+    "fused_linreg::linear_relu_forward", _backward_linear_relu, setup_context=_setup_linear_relu
+)
+
+
+# ---- a clear error instead of a dispatcher message when CUDA kernels were not built -----------
+
+if not _C.build_info()["cuda"]:
+    _cpu_only_lib = torch.library.Library("fused_linreg", "IMPL")
+
+    def _no_cuda_kernels(*args, **kwargs):
+        device = next(
+            (t.device for a in args for t in (a if isinstance(a, (list, tuple)) else [a])
+             if isinstance(t, torch.Tensor) and t.device.type == "cuda"),
+            "cuda",
+        )
+        raise RuntimeError(cuda_missing_message(device))
+
+    for _name in ("linear_forward", "linear_relu_forward", "linear_backward", "sgd_step_"):
+        _cpu_only_lib.impl(_name, _no_cuda_kernels, "CUDA")
+
+
+def sgd_step_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    momentum_buffers: Sequence[torch.Tensor],
+    init_momentum_buffers: Sequence[bool],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    grad_scale: Optional[torch.Tensor] = None,
+    found_inf: Optional[torch.Tensor] = None,
+) -> None:
+    ops.sgd_step_(list(params), list(grads), list(momentum_buffers), list(init_momentum_buffers),
+                  float(lr), float(momentum), float(dampening), float(weight_decay), bool(nesterov),
+                  bool(maximize), grad_scale, found_inf)

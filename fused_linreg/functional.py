@@ -1,0 +1,24 @@
+"""Functional forms, drop-in for torch.nn.functional.linear and relu(linear(...))."""
+from typing import Optional
+
+import torch
+
+from fused_linreg._ops import ops
+
+__all__ = ["linear", "linear_relu"]
+
+
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``input @ weight.T + bias`` over the last dim of ``input``, like ``F.linear``.
+
+    >>> y = fused_linreg.functional.linear(x, layer.weight, layer.bias)  # same as F.linear
+    """
+    return ops.linear_forward(input, weight, bias)
+
+
+def linear_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``relu(input @ weight.T + bias)`` in one kernel, like ``F.relu(F.linear(...))``.
+
+    Only a 1-bit-per-element ReLU mask is kept for backward, not the output.
+    """
+    return ops.linear_relu_forward(input, weight, bias)[0]

@@ -1,0 +1,70 @@
+"""FusedSGD: torch.optim.SGD's interface and semantics, one kernel call per parameter group."""
+from collections import defaultdict
+from typing import Callable, Optional
+
+import torch
+
+from fused_linreg import _ops
+
+__all__ = ["FusedSGD"]
+
+
+class FusedSGD(torch.optim.SGD):
+    """Drop-in for ``torch.optim.SGD`` (same arguments, checks, param groups, closure and
+    ``state[p]['momentum_buffer']``, so checkpoints move between the two either way).
+
+    Each parameter group is stepped by one multi-tensor kernel call per device. Works with
+    ``torch.amp.GradScaler`` like ``SGD(fused=True)``: scaled gradients are unscaled inside the
+    step, and a step with inf/NaN gradients changes nothing.
+
+    >>> opt = fused_linreg.FusedSGD(model.parameters(), lr=0.01, momentum=0.9)
+    """
+
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
+                 weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False):
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
+                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                         foreach=False, differentiable=False, fused=False)
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        for group in self.param_groups:
+            self._step_group(group, grad_scale, found_inf)
+        return loss
+
+    def _step_group(self, group, grad_scale, found_inf):
+        momentum = group["momentum"]
+        # Per device: params, grads, momentum buffers, first-step flags.
+        batches = defaultdict(lambda: ([], [], [], []))
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("FusedSGD does not support sparse gradients")
+            params, grads, buffers, init = batches[p.device]
+            params.append(p)
+            grads.append(p.grad)
+            if momentum != 0:
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                init.append(buf is None)
+                if buf is None:
+                    buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
+                buffers.append(buf)
+        for device, (params, grads, buffers, init) in batches.items():
+            _ops.sgd_step_(
+                params, grads, buffers, init,
+                lr=float(group["lr"]), momentum=momentum, dampening=group["dampening"],
+                weight_decay=group["weight_decay"], nesterov=group["nesterov"],
+                maximize=group["maximize"],
+                grad_scale=None if grad_scale is None else grad_scale.to(device),
+                found_inf=None if found_inf is None else found_inf.to(device),
+            )

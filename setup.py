@@ -1,0 +1,114 @@
+"""Builds fused_linreg._C: the CPU kernels always, the CUDA kernels when a CUDA toolkit and a
+CUDA build of torch are present (FUSED_LINREG_CUDA=0|1 forces either way).
+
+Build against the torch you will run with: `pip install --no-build-isolation .` in that
+environment. The extension records the torch version it was built against and refuses to load
+under another (see fused_linreg/_build_check.py).
+"""
+import glob
+import json
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError:
+    sys.exit(
+        "fused_linreg: torch must be installed before building, and the build must see it:\n"
+        "    pip install torch && pip install --no-build-isolation ."
+    )
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCHS = "8.0;9.0"
+
+
+def want_cuda():
+    forced = os.environ.get("FUSED_LINREG_CUDA")
+    possible = torch.version.cuda is not None and CUDA_HOME is not None
+    if forced == "1":
+        if not possible:
+            sys.exit(
+                "fused_linreg: FUSED_LINREG_CUDA=1 needs a CUDA build of torch "
+                f"(this is {torch.__version__}) and a CUDA toolkit (CUDA_HOME={CUDA_HOME})"
+            )
+        return True
+    if forced == "0":
+        return False
+    return possible
+
+
+def cuda_wheel_include_dirs():
+    """CUDA headers shipped inside the nvidia-* wheels (cuBLAS, cuSPARSE, ...), which ATen's CUDA
+    headers include but a bare nvcc toolkit may lack."""
+    dirs = []
+    for base in sys.path:
+        dirs += glob.glob(os.path.join(base, "nvidia", "cu*", "include"))
+        dirs += glob.glob(os.path.join(base, "nvidia", "*", "include"))
+    return sorted(set(d for d in dirs if os.path.isdir(d)))
+
+
+def extension(with_cuda):
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    defines = [f'-DFUSED_LINREG_TORCH_VERSION="{torch.__version__}"']
+    # -g0: no debug info, so rebuilds and links stay quick. -ffp-contract=fast: a * b + c is one
+    # FMA in the kernels, as in ATen's vectorized code.
+    cxx = ["-O3", "-g0", "-ffp-contract=fast", "-fno-math-errno", *defines]
+    link = []
+    if os.environ.get("FUSED_LINREG_SANITIZE") == "1":  # the sanitizer build that CI tests
+        cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+        link += ["-fsanitize=address,undefined"]
+    if not with_cuda:
+        return CppExtension(
+            "fused_linreg._C",
+            sources,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
+        )
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_CUDA_ARCHS
+    os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    cuda_defines = ["-DFUSED_LINREG_WITH_CUDA", f'-DFUSED_LINREG_CUDA_ARCHS="{archs}"']
+    return CUDAExtension(
+        "fused_linreg._C",
+        sources + sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp")),
+        include_dirs=[os.path.join(ROOT, "csrc")] + cuda_wheel_include_dirs(),
+        extra_link_args=link,
+        extra_compile_args={
+            "cxx": cxx + cuda_defines,
+            "nvcc": ["-O3", "--expt-relaxed-constexpr", *defines, *cuda_defines],
+        },
+    )
+
+
+class BuildWithMetadata(BuildExtension):
+    """Also writes fused_linreg/_build_meta.json next to the extension: what it was built against,
+    read at import time before the extension is loaded."""
+
+    def run(self):
+        super().run()
+        for ext in self.extensions:
+            out_dir = os.path.dirname(self.get_ext_fullpath(ext.name))
+            meta = {
+                "torch_version": torch.__version__,
+                "cuda": WITH_CUDA,
+            }
+            with open(os.path.join(out_dir, "_build_meta.json"), "w") as f:
+                json.dump(meta, f)
+
+
+WITH_CUDA = want_cuda()
+
+setup(
+    name="fused_linreg",
+    version="0.1.0",
+    description="Fused Linear+ReLU and SGD kernels (C++/CUDA) for PyTorch training loops",
+    packages=find_packages(include=["fused_linreg", "fused_linreg.*"]),
+    ext_modules=[extension(WITH_CUDA)],
+    cmdclass={"build_ext": BuildWithMetadata.with_options(use_ninja=True)},
+    python_requires=">=3.9",
+    install_requires=["torch", "numpy"],
+    zip_safe=False,
+)
