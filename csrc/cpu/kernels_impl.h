@@ -48,40 +48,23 @@ template <typename A> struct Vec {
   typedef A type __attribute__((vector_size(FUSED_LINREG_VECTOR_BYTES), aligned(sizeof(A))));
 };
 
-// Bit j of the result is set when v[j] > 0, for j < n (n <= 64).
-template <typename A> inline uint64_t positive_bits(const A* v, int n) {
+// Bit l of the result is set when v[l] > 0.
+template <typename A> inline uint32_t positive_lanes(typename Vec<A>::type v) {
 #if defined(FUSED_LINREG_ISA_AVX512)
-  uint64_t bits = 0;
-  int j = 0;
-  if constexpr (sizeof(A) == 4) {
-    for (; j + 16 <= n; j += 16)
-      bits |= uint64_t(_mm512_cmp_ps_mask(_mm512_loadu_ps(v + j), _mm512_setzero_ps(), _CMP_GT_OQ))
-              << j;
-  } else {
-    for (; j + 8 <= n; j += 8)
-      bits |= uint64_t(_mm512_cmp_pd_mask(_mm512_loadu_pd(v + j), _mm512_setzero_pd(), _CMP_GT_OQ))
-              << j;
-  }
+  if constexpr (sizeof(A) == 4)
+    return _mm512_cmp_ps_mask(__m512(v), _mm512_setzero_ps(), _CMP_GT_OQ);
+  else
+    return _mm512_cmp_pd_mask(__m512d(v), _mm512_setzero_pd(), _CMP_GT_OQ);
 #elif defined(FUSED_LINREG_ISA_AVX2)
-  uint64_t bits = 0;
-  int j = 0;
-  if constexpr (sizeof(A) == 4) {
-    for (; j + 8 <= n; j += 8)
-      bits |= uint64_t(unsigned(_mm256_movemask_ps(
-                  _mm256_cmp_ps(_mm256_loadu_ps(v + j), _mm256_setzero_ps(), _CMP_GT_OQ))))
-              << j;
-  } else {
-    for (; j + 4 <= n; j += 4)
-      bits |= uint64_t(unsigned(_mm256_movemask_pd(
-                  _mm256_cmp_pd(_mm256_loadu_pd(v + j), _mm256_setzero_pd(), _CMP_GT_OQ))))
-              << j;
-  }
+  if constexpr (sizeof(A) == 4)
+    return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(__m256(v), _mm256_setzero_ps(), _CMP_GT_OQ)));
+  else
+    return unsigned(_mm256_movemask_pd(_mm256_cmp_pd(__m256d(v), _mm256_setzero_pd(), _CMP_GT_OQ)));
 #else
-  uint64_t bits = 0;
-  int j = 0;
-#endif
-  for (; j < n; ++j) bits |= uint64_t(v[j] > A(0)) << j;
+  uint32_t bits = 0;
+  for (int l = 0; l < Vec<A>::width; ++l) bits |= uint32_t(v[l] > A(0)) << l;
   return bits;
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -131,77 +114,255 @@ template <typename A, int Slot> A* thread_buffer(int64_t n) {
 
 // ---------------------------------------------------------------------------------------------
 // Packing
+//
+// Both operands are packed into panels of P lanes (MR rows of A, or NR columns of B) by kb steps of
+// K, lane-fastest: dst[k * P + lane]. A panel's source is addressed as src[lane * ls + k * ks].
+// Two layouts are fast: lanes contiguous (ls == 1: a strided copy) and K contiguous (ks == 1:
+// W x W blocks transposed in registers). The ReLU-mask prologue and the lane sums (the bias
+// gradient) ride along.
 
 inline bool mask_bit(const BitMask& mask, int64_t row, int64_t col) {
   return (mask.bits[row * mask.row_bytes + (col >> 3)] >> (col & 7)) & 1;
 }
 
+// The mask bits of `n` (<= 64) consecutive positions starting at bit b0 of a row.
+inline uint64_t load_bits(const uint8_t* row, int64_t b0, int n) {
+  uint64_t bits = 0;
+  const int64_t first = b0 >> 3, last = (b0 + n - 1) >> 3;
+  for (int64_t byte = first; byte <= last; ++byte) bits |= uint64_t(row[byte]) << (8 * (byte - first));
+  return (bits >> (b0 & 7)) & (n == 64 ? ~uint64_t(0) : (uint64_t(1) << n) - 1);
+}
+
+template <typename A> struct VecOps {
+  using V = typename Vec<A>::type;
+  using I = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;
+  typedef I IV __attribute__((vector_size(FUSED_LINREG_VECTOR_BYTES)));
+  static constexpr int W = Vec<A>::width;
+
+  // Loads n (<= W) elements, converting to A; the rest are zero.
+  template <typename T> static V load(const T* p, int n) {
+    if constexpr (std::is_same_v<T, A>) {
+      if (n == W) {
+        V v;
+        std::memcpy(&v, p, sizeof(V));
+        return v;
+      }
+    }
+    V v = V{};
+    for (int l = 0; l < n; ++l) v[l] = to_acc(p[l]);
+    return v;
+  }
+  template <typename T> static V load_strided(const T* p, int64_t stride, int n) {
+    V v = V{};
+    for (int l = 0; l < n; ++l) v[l] = to_acc(p[l * stride]);
+    return v;
+  }
+  // Keeps lane l where bit l is set, else 0 — a select, so NaN or inf gradients where the ReLU
+  // was off become 0 as in PyTorch.
+  static V select(V v, uint64_t bits) {
+    IV lane_bit;
+    for (int l = 0; l < W; ++l) lane_bit[l] = I(1) << l;
+    const IV keep = (IV{} + I(bits)) & lane_bit;
+    return keep != 0 ? v : V{};
+  }
+  // In-register transpose of W vectors: v[i][e] becomes v[e][i]. Stage D swaps the off-diagonal
+  // D x D blocks of every 2D x 2D block; everything is unrolled so the shuffles use constant
+  // index vectors.
+  template <int D = 1> static void transpose(V* v) {
+    static constexpr std::array<I, W> lo = stage_indices<D, false>(), hi = stage_indices<D, true>();
+    IV vlo, vhi;
+    std::memcpy(&vlo, lo.data(), sizeof(IV));
+    std::memcpy(&vhi, hi.data(), sizeof(IV));
+#pragma GCC unroll 16
+    for (int i = 0; i < W; ++i) {
+      if (i & D) continue;
+      const V a = v[i], b = v[i + D];
+      v[i] = __builtin_shuffle(a, b, vlo);
+      v[i + D] = __builtin_shuffle(a, b, vhi);
+    }
+    if constexpr (2 * D < W) transpose<2 * D>(v);
+  }
+  template <int D, bool High> static constexpr std::array<I, W> stage_indices() {
+    std::array<I, W> idx{};
+    for (int e = 0; e < W; ++e)
+      idx[e] = High ? ((e & D) ? W + e : e + D) : ((e & D) ? W + e - D : e);
+    return idx;
+  }
+};
+
+// Where the mask bit of (lane, k) lives: row-major masks put k along the row (A = grad_output,
+// lanes are rows), transposed masks put the lanes along the row (A = grad_output^T).
+struct PanelMask {
+  BitMask mask;
+  bool lanes_along_row = false;  // bit (lane, k) at mask row k, column lane
+  int64_t lane0 = 0, k0 = 0;     // position of the panel's first lane and step in the mask
+
+  bool bit(int64_t lane, int64_t k) const {
+    return lanes_along_row ? mask_bit(mask, k0 + k, lane0 + lane) : mask_bit(mask, lane0 + lane, k0 + k);
+  }
+  // Bits of lane `lane` at steps k .. k+n.
+  uint64_t lane_bits(int64_t lane, int64_t k, int n) const {
+    if (!lanes_along_row) return load_bits(mask.bits + (lane0 + lane) * mask.row_bytes, k0 + k, n);
+    uint64_t b = 0;
+    for (int i = 0; i < n; ++i) b |= uint64_t(bit(lane, k + i)) << i;
+    return b;
+  }
+  // Bits of lanes lane .. lane+n at step k.
+  uint64_t step_bits(int64_t lane, int64_t k, int n) const {
+    if (lanes_along_row) return load_bits(mask.bits + (k0 + k) * mask.row_bytes, lane0 + lane, n);
+    uint64_t b = 0;
+    for (int i = 0; i < n; ++i) b |= uint64_t(bit(lane + i, k)) << i;
+    return b;
+  }
+};
+
+// Packs `lanes` (<= P) lanes by kb steps; lanes past `lanes` are zero. lane_sums[l] += sum over k.
+template <int P, typename T>
+void pack_panel(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb, acc_t<T>* dst,
+                const PanelMask* pm, acc_t<T>* lane_sums) {
+  using A = acc_t<T>;
+  using Ops = VecOps<A>;
+  using V = typename Ops::V;
+  constexpr int W = Ops::W;
+  for (int g0 = 0; g0 < P; g0 += W) {
+    const int n = int(min64(W, max64(0, lanes - g0)));  // valid lanes in this group
+    const int width = P - g0 < W ? P - g0 : W;           // lanes this group stores
+    const T* gsrc = src + g0 * ls;
+    A* gdst = dst + g0;
+    V sums = V{};
+    int64_t k = 0;
+    if (ks == 1 && ls != 1 && n > 0) {
+      for (; k + W <= kb; k += W) {
+        V block[W];
+        for (int l = 0; l < W; ++l) {
+          block[l] = l < n ? Ops::load(gsrc + l * ls + k, W) : V{};
+          if (pm && l < n) block[l] = Ops::select(block[l], pm->lane_bits(g0 + l, k, W));
+        }
+        Ops::transpose(block);
+        for (int kk = 0; kk < W; ++kk) {
+          std::memcpy(gdst + (k + kk) * P, &block[kk], width * sizeof(A));
+          sums += block[kk];
+        }
+      }
+    }
+    for (; k < kb; ++k) {
+      V v = ls == 1 ? Ops::load(gsrc + k * ks, n) : Ops::load_strided(gsrc + k * ks, ls, n);
+      if (pm && n > 0) v = Ops::select(v, pm->step_bits(g0, k, n));
+      std::memcpy(gdst + k * P, &v, width * sizeof(A));
+      sums += v;
+    }
+    if (lane_sums)
+      for (int l = 0; l < n; ++l) lane_sums[g0 + l] += sums[l];
+  }
+}
+
 // Packs A(i0 : i0+mb, k0 : k0+kb), with the mask prologue, into MR-row micro-panels:
-// dst[(i / MR) * MR * kb + k * MR + i % MR]; rows past mb are zero. When row_sums is set, adds
-// each row's sum over this K block to row_sums[i].
+// dst[(i / MR) * MR * kb + k * MR + i % MR]. row_sums[i] (when set) += sum over this K block.
 template <typename T>
 void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t mb, int64_t k0, int64_t kb, acc_t<T>* dst,
             acc_t<T>* row_sums) {
-  using A = acc_t<T>;
-  constexpr int MR = Tile<A>::MR;
-  const bool masked = g.a_mask.bits != nullptr;
+  constexpr int MR = Tile<acc_t<T>>::MR;
+  PanelMask pm{g.a_mask, g.a_mask_transposed, 0, k0};
   for (int64_t ip = 0; ip < mb; ip += MR) {
-    A* panel = dst + ip * kb;
-    const int64_t rows = min64(MR, mb - ip);
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t m = i0 + ip + r;
-      const T* src = g.a + m * g.a_rs + k0 * g.a_cs;
-      A sum = 0;
-      if (!masked) {
-        for (int64_t k = 0; k < kb; ++k) {
-          A v = to_acc(src[k * g.a_cs]);
-          panel[k * MR + r] = v;
-          sum += v;
-        }
-      } else {
-        for (int64_t k = 0; k < kb; ++k) {
-          const bool keep = g.a_mask_transposed ? mask_bit(g.a_mask, k0 + k, m)
-                                                : mask_bit(g.a_mask, m, k0 + k);
-          // A select, not a multiply: a NaN or inf gradient where the ReLU was off gives 0.
-          A v = keep ? to_acc(src[k * g.a_cs]) : A(0);
-          panel[k * MR + r] = v;
-          sum += v;
-        }
-      }
-      if (row_sums) row_sums[ip + r] += sum;
-    }
-    for (int64_t r = rows; r < MR; ++r)
-      for (int64_t k = 0; k < kb; ++k) panel[k * MR + r] = 0;
+    pm.lane0 = i0 + ip;
+    pack_panel<MR>(g.a + (i0 + ip) * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs, min64(MR, mb - ip), kb,
+                   dst + ip * kb, g.a_mask.bits ? &pm : nullptr, row_sums ? row_sums + ip : nullptr);
   }
 }
 
-// Packs B(k0 : k0+kb, j0 : j0+nb) into NR-column micro-panels: dst[(j / NR) * NR * kb + k * NR +
-// j % NR]; columns past nb are zero.
+// Packs B(k0 : k0+kb, j0 : j0+nb) (nb <= NR) into one NR-column micro-panel: dst[k * NR + j].
 template <typename T>
 void pack_b_panel(const GemmArgs<T>& g, int64_t k0, int64_t kb, int64_t j0, int64_t nb,
                   acc_t<T>* dst) {
-  using A = acc_t<T>;
-  constexpr int NR = Tile<A>::NR;
-  const T* src = g.b + k0 * g.b_rs + j0 * g.b_cs;
-  if (g.b_cs == 1 && nb == NR) {
-    for (int64_t k = 0; k < kb; ++k)
-      for (int j = 0; j < NR; ++j) dst[k * NR + j] = to_acc(src[k * g.b_rs + j]);
-    return;
-  }
-  for (int64_t j = 0; j < nb; ++j) {
-    const T* col = src + j * g.b_cs;
-    for (int64_t k = 0; k < kb; ++k) dst[k * NR + j] = to_acc(col[k * g.b_rs]);
-  }
-  for (int64_t j = nb; j < NR; ++j)
-    for (int64_t k = 0; k < kb; ++k) dst[k * NR + j] = 0;
+  pack_panel<Tile<acc_t<T>>::NR>(g.b + k0 * g.b_rs + j0 * g.b_cs, g.b_cs, g.b_rs, nb, kb, dst,
+                                 nullptr, nullptr);
 }
 
 // ---------------------------------------------------------------------------------------------
-// Microkernel: c[0:MR, 0:NR] (+)= sum_k a[k, 0:MR]^T b[k, 0:NR], all in registers.
+// Epilogue: a finished row segment of acc (NR lanes, nr valid) becomes output row m, columns n0..
 
-template <typename A>
-inline void microkernel(int64_t kc, const A* __restrict a, const A* __restrict b, A* __restrict c,
-                        int64_t ldc, bool accumulate) {
+// The finished gradient row is the gradient of the parameter row: apply torch.optim.SGD's update.
+template <typename T>
+void sgd_row(const GemmArgs<T>& g, const acc_t<T>* grad_row, int64_t m, int64_t n0, int64_t nr) {
+  using A = acc_t<T>;
+  const SgdEpilogue<T>& s = g.sgd;
+  const A lr = A(s.lr), momentum = A(s.momentum), damp = A(1 - s.dampening), wd = A(s.weight_decay);
+  T* p = s.param + m * g.ldc + n0;
+  T* buf = s.momentum_buffer ? s.momentum_buffer + m * g.ldc + n0 : nullptr;
+  for (int64_t j = 0; j < nr; ++j) {
+    A b = buf ? to_acc(buf[j]) : A(0);
+    // The gradient is rounded to the parameter's dtype first, as autograd would store it.
+    const A grad = to_acc(from_acc<T>(grad_row[j]));
+    p[j] = from_acc<T>(sgd_update<A>(to_acc(p[j]), grad, &b, s.init_momentum_buffer, lr, momentum,
+                                     damp, wd, s.nesterov, s.maximize));
+    if (buf) buf[j] = from_acc<T>(b);
+  }
+}
+
+// out = act(acc + bias) with the ReLU bitmask; or the in-backward SGD update of the parameter.
+template <typename T>
+inline void finish_row(const GemmArgs<T>& g, typename Vec<acc_t<T>>::type* row, int64_t m,
+                       int64_t n0, int64_t nr) {
+  using A = acc_t<T>;
+  using V = typename Vec<A>::type;
+  constexpr int NV = Tile<A>::NV, W = Tile<A>::W, NR = Tile<A>::NR;
+  if (g.sgd.param != nullptr) {
+    sgd_row(g, reinterpret_cast<const A*>(row), m, n0, nr);
+    return;
+  }
+  uint64_t bits = 0;
+  T* out = g.c + m * g.ldc + n0;
+  if (std::is_same_v<T, A> && nr == NR) {
+    for (int v = 0; v < NV; ++v) {
+      if (g.bias) row[v] += VecOps<A>::load(g.bias + n0 + v * W, W);
+      // torch.relu keeps NaN and -0.0: only values below zero become zero.
+      if (g.relu) row[v] = row[v] < A(0) ? V{} : row[v];
+      std::memcpy(out + v * W, &row[v], sizeof(V));
+      if (g.relu) bits |= uint64_t(positive_lanes<A>(row[v])) << (v * W);
+    }
+  } else {
+    A* vals = reinterpret_cast<A*>(row);
+    for (int64_t j = 0; j < nr; ++j) {
+      A v = vals[j];
+      if (g.bias) v += to_acc(g.bias[n0 + j]);
+      if (g.relu) v = v < A(0) ? A(0) : v;
+      out[j] = from_acc<T>(v);
+      // The mask is taken from the stored output, as PyTorch's backward sees it.
+      bits |= uint64_t(to_acc(out[j]) > A(0)) << j;
+    }
+  }
+  if (g.relu && g.c_mask.bits) {
+    // Whole bytes: micro-tiles never share one. The tile that ends a row clears its padding.
+    uint8_t* mask_row = g.c_mask.bits + m * g.c_mask.row_bytes;
+    for (int byte = 0; byte < NR / 8; ++byte) mask_row[n0 / 8 + byte] = uint8_t(bits >> (8 * byte));
+    if (n0 + NR >= g.N)
+      for (int64_t byte = n0 / 8 + NR / 8; byte < g.c_mask.row_bytes; ++byte) mask_row[byte] = 0;
+  }
+}
+
+// A finished micro-tile held in memory (split-K partial sums): rows m0.., columns n0...
+template <typename T>
+void epilogue(const GemmArgs<T>& g, const acc_t<T>* acc, int64_t ld, int64_t m0, int64_t n0,
+              int64_t mr, int64_t nr) {
+  using V = typename Vec<acc_t<T>>::type;
+  constexpr int NV = Tile<acc_t<T>>::NV;
+  for (int64_t i = 0; i < mr; ++i) {
+    V row[NV];
+    std::memcpy(row, acc + i * ld, sizeof(row));
+    finish_row(g, row, m0 + i, n0, nr);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Microkernel: acc[0:MR, 0:NR] = sum_k a[k, 0:MR]^T b[k, 0:NR] in registers, plus the partial sums
+// in c when `accumulate`. Then either stored back to c, or (when `out` is set: the last K block)
+// finished straight from registers into rows m0 .. m0+mr of the output.
+
+template <typename T>
+inline void microkernel(int64_t kc, const acc_t<T>* __restrict a, const acc_t<T>* __restrict b,
+                        acc_t<T>* __restrict c, int64_t ldc, bool accumulate,
+                        const GemmArgs<T>* out, int64_t m0, int64_t n0, int64_t mr, int64_t nr) {
+  using A = acc_t<T>;
   using V = typename Vec<A>::type;
   constexpr int MR = Tile<A>::MR, NV = Tile<A>::NV, W = Tile<A>::W, NR = Tile<A>::NR;
   V acc[MR][NV];
@@ -215,74 +376,20 @@ inline void microkernel(int64_t kc, const A* __restrict a, const A* __restrict b
       for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];
     }
   }
-  for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) {
-      A* dst = c + i * ldc + v * W;
-      if (accumulate) {
+  if (accumulate)
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < NV; ++v) {
         V old;
-        std::memcpy(&old, dst, sizeof(V));
+        std::memcpy(&old, c + i * ldc + v * W, sizeof(V));
         acc[i][v] += old;
       }
-      std::memcpy(dst, &acc[i][v], sizeof(V));
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Epilogue: one finished micro-tile of acc (rows m0.., columns n0.., mr x nr valid) to its output.
-
-template <typename T>
-void epilogue(const GemmArgs<T>& g, const acc_t<T>* acc, int64_t ld, int64_t m0, int64_t n0,
-              int64_t mr, int64_t nr) {
-  using A = acc_t<T>;
-  constexpr int NR = Tile<A>::NR;
-  if (g.sgd.param != nullptr) {
-    const SgdEpilogue<T>& s = g.sgd;
-    const A lr = A(s.lr), momentum = A(s.momentum), damp = A(1 - s.dampening),
-            wd = A(s.weight_decay);
-    for (int64_t i = 0; i < mr; ++i) {
-      T* p = s.param + (m0 + i) * g.ldc + n0;
-      T* buf = s.momentum_buffer ? s.momentum_buffer + (m0 + i) * g.ldc + n0 : nullptr;
-      const A* row = acc + i * ld;
-      for (int64_t j = 0; j < nr; ++j) {
-        A b = buf ? to_acc(buf[j]) : A(0);
-        // The gradient is rounded to the parameter's dtype first, as autograd would store it.
-        const A grad = to_acc(from_acc<T>(row[j]));
-        A np = sgd_update<A>(to_acc(p[j]), grad, &b,
-                             s.init_momentum_buffer, lr, momentum, damp, wd, s.nesterov,
-                             s.maximize);
-        p[j] = from_acc<T>(np);
-        if (buf) buf[j] = from_acc<T>(b);
-      }
-    }
+  if (out) {
+    for (int i = 0; i < MR; ++i)
+      if (i < mr) finish_row(*out, acc[i], m0 + i, n0, nr);
     return;
   }
-  alignas(64) A vals[NR];
-  for (int64_t i = 0; i < mr; ++i) {
-    const int64_t m = m0 + i;
-    const A* row = acc + i * ld;
-    T* out = g.c + m * g.ldc + n0;
-    for (int64_t j = 0; j < nr; ++j) {
-      A v = row[j];
-      if (g.bias) v += to_acc(g.bias[n0 + j]);
-      // torch.relu keeps NaN and -0.0: only values below zero become zero.
-      if (g.relu) v = v < A(0) ? A(0) : v;
-      const T stored = from_acc<T>(v);
-      out[j] = stored;
-      vals[j] = to_acc(stored);
-    }
-    if (g.relu && g.c_mask.bits) {
-      // The mask is taken from the stored output (as PyTorch's backward sees it) and written
-      // in whole bytes; the tile that ends a row also clears the row's padding bytes.
-      const uint64_t bits = positive_bits(vals, int(nr));
-      uint8_t* dst = g.c_mask.bits + m * g.c_mask.row_bytes + n0 / 8;
-      for (int byte = 0; byte < NR / 8; ++byte) dst[byte] = uint8_t(bits >> (8 * byte));
-      if (n0 + NR >= g.N) {
-        const int64_t used = n0 / 8 + NR / 8;
-        for (int64_t byte = used; byte < g.c_mask.row_bytes; ++byte)
-          g.c_mask.bits[m * g.c_mask.row_bytes + byte] = 0;
-      }
-    }
-  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) std::memcpy(c + i * ldc + v * W, &acc[i][v], sizeof(V));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -364,10 +471,9 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
         const A* b_panel = b_block + jp * kb * NR;
         for (int64_t ip = 0; ip < mb; ip += MR) {
           A* tile = out + ip * ld + (jp - jp0) * NR;
-          microkernel<A>(kb, packed_a + ip * kb, b_panel, tile, ld, !first);
-          if (last && !p.slice_out)
-            epilogue(g, tile, ld, i0 + ip, p.j0 + jp * NR, min64(MR, mb - ip),
-                     min64(NR, p.ncols - jp * NR));
+          microkernel<T>(kb, packed_a + ip * kb, b_panel, tile, ld, !first,
+                         last && !p.slice_out ? &g : nullptr, i0 + ip, p.j0 + jp * NR,
+                         min64(MR, mb - ip), min64(NR, p.ncols - jp * NR));
         }
       }
       k0 += kb;

@@ -3,11 +3,13 @@
 #pragma once
 #include <immintrin.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 #include "cpu/gemm_args.h"
 #include "cpu/isa.h"
