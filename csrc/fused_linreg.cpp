@@ -3,6 +3,7 @@
 #include <torch/library.h>
 #include <torch/extension.h>
 
+#include "cpu/fma_peak.h"
 #include "cpu/isa.h"
 
 TORCH_LIBRARY(fused_linreg, m) {
@@ -57,4 +58,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def(
       "set_cpu_isa", [](const std::string& name) { fused_linreg::cpu::set_isa(name.c_str()); },
       "Use the named CPU kernels (avx512, avx2, generic) for later calls.");
+  // For the benchmark (python -m fused_linreg.bench): the "% of peak" denominator.
+  module.def("measure_fma_peak_gflops", &fused_linreg::cpu::measure_fma_peak_gflops,
+             "GFLOP/s of independent FMA chains on all torch threads: this CPU's peak.",
+             py::arg("dtype") = "float32", py::arg("isa") = "", py::arg("seconds") = 0.25);
 }

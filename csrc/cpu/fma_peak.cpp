@@ -1,0 +1,199 @@
+// Peak FMA throughput: each thread runs kChains independent dependency chains acc = acc * m + c
+// in vector registers, enough of them to cover the FMA latency times the FMA ports of current
+// cores (4 cycles x 2 ports = 8 in flight), so the loop is bound by FMA issue alone, never by
+// latency or memory. The ISA is chosen at run time; each per-ISA entry point is compiled for its
+// ISA with a target attribute and `flatten`, which inlines the shared chain loop and the ISA's
+// intrinsics into it (the loop compiles to kChains back-to-back vfmadd on registers). The chains
+// run on as many threads as ATen uses (at::get_num_threads()).
+#include "cpu/fma_peak.h"
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+// The shared loop is also instantiated on its own for the baseline ISA (never called): GCC warns
+// that wide vectors change the ABI there.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace fused_linreg::cpu {
+namespace {
+
+// The chain loop, generic over an ISA's vector type V of T and its operations (`Ops`).
+template <class Ops> double fma_chains(int64_t iters) {
+  using V = typename Ops::V;
+  using T = typename Ops::T;
+  V acc[Ops::kChains];
+  for (int j = 0; j < Ops::kChains; ++j) acc[j] = Ops::set1(1.0 + j);
+  // Converges to c / (1 - m) = 1: no overflow, no denormals, whatever the iteration count.
+  const V m = Ops::set1(0.9990234375), c = Ops::set1(0.0009765625);
+  for (int64_t i = 0; i < iters; ++i)
+    for (int j = 0; j < Ops::kChains; ++j) acc[j] = Ops::fma(acc[j], m, c);
+  double sum = 0;
+  for (const V& a : acc) {
+    T lanes[sizeof(V) / sizeof(T)];
+    std::memcpy(lanes, &a, sizeof a);
+    for (T x : lanes) sum += x;
+  }
+  return sum;
+}
+
+// Flops of one iteration: kChains FMAs of a whole vector, 2 flops per lane.
+template <class Ops> constexpr int64_t flops_per_iter() {
+  return int64_t{Ops::kChains} * 2 * (sizeof(typename Ops::V) / sizeof(typename Ops::T));
+}
+
+#define FL_AVX512 __attribute__((target("avx512f,fma")))
+#define FL_AVX2 __attribute__((target("avx2,fma")))
+
+// AVX-512: 16 of the 32 zmm registers hold chains.
+struct Avx512F32 {
+  using V = __m512;
+  using T = float;
+  static constexpr int kChains = 16;
+  FL_AVX512 static V set1(double x) { return _mm512_set1_ps(static_cast<float>(x)); }
+  FL_AVX512 static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+};
+struct Avx512F64 {
+  using V = __m512d;
+  using T = double;
+  static constexpr int kChains = 16;
+  FL_AVX512 static V set1(double x) { return _mm512_set1_pd(x); }
+  FL_AVX512 static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+};
+// AVX2: 12 of the 16 ymm registers hold chains (two more hold m and c).
+struct Avx2F32 {
+  using V = __m256;
+  using T = float;
+  static constexpr int kChains = 12;
+  FL_AVX2 static V set1(double x) { return _mm256_set1_ps(static_cast<float>(x)); }
+  FL_AVX2 static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+};
+struct Avx2F64 {
+  using V = __m256d;
+  using T = double;
+  static constexpr int kChains = 12;
+  FL_AVX2 static V set1(double x) { return _mm256_set1_pd(x); }
+  FL_AVX2 static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+};
+// Baseline x86-64 (SSE2) has no FMA: a multiply and an add, which count as the same 2 flops.
+struct GenericF32 {
+  using V = __m128;
+  using T = float;
+  static constexpr int kChains = 12;
+  static V set1(double x) { return _mm_set1_ps(static_cast<float>(x)); }
+  static V fma(V a, V b, V c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
+};
+struct GenericF64 {
+  using V = __m128d;
+  using T = double;
+  static constexpr int kChains = 12;
+  static V set1(double x) { return _mm_set1_pd(x); }
+  static V fma(V a, V b, V c) { return _mm_add_pd(_mm_mul_pd(a, b), c); }
+};
+
+FL_AVX512 __attribute__((flatten)) double chains_avx512_f32(int64_t n) { return fma_chains<Avx512F32>(n); }
+FL_AVX512 __attribute__((flatten)) double chains_avx512_f64(int64_t n) { return fma_chains<Avx512F64>(n); }
+FL_AVX2 __attribute__((flatten)) double chains_avx2_f32(int64_t n) { return fma_chains<Avx2F32>(n); }
+FL_AVX2 __attribute__((flatten)) double chains_avx2_f64(int64_t n) { return fma_chains<Avx2F64>(n); }
+__attribute__((flatten)) double chains_generic_f32(int64_t n) { return fma_chains<GenericF32>(n); }
+__attribute__((flatten)) double chains_generic_f64(int64_t n) { return fma_chains<GenericF64>(n); }
+
+struct PeakKernel {
+  const char* isa;
+  const char* dtype;
+  double (*run)(int64_t iters);
+  int64_t flops_per_iter;
+};
+
+// Best first, as the ISA search below expects.
+const PeakKernel kKernels[] = {
+    {"avx512", "float32", &chains_avx512_f32, flops_per_iter<Avx512F32>()},
+    {"avx512", "float64", &chains_avx512_f64, flops_per_iter<Avx512F64>()},
+    {"avx2", "float32", &chains_avx2_f32, flops_per_iter<Avx2F32>()},
+    {"avx2", "float64", &chains_avx2_f64, flops_per_iter<Avx2F64>()},
+    {"generic", "float32", &chains_generic_f32, flops_per_iter<GenericF32>()},
+    {"generic", "float64", &chains_generic_f64, flops_per_iter<GenericF64>()},
+};
+
+bool isa_supported(const char* isa) {
+  __builtin_cpu_init();
+  if (std::strcmp(isa, "avx512") == 0)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  if (std::strcmp(isa, "avx2") == 0)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return std::strcmp(isa, "generic") == 0;
+}
+
+const PeakKernel& choose(const std::string& dtype, const std::string& isa) {
+  if (dtype != "float32" && dtype != "float64")
+    throw std::invalid_argument("measure_fma_peak_gflops: dtype must be 'float32' or 'float64', got '" +
+                                dtype + "'");
+  for (const PeakKernel& k : kKernels) {
+    if (dtype != k.dtype || !(isa.empty() || isa == k.isa)) continue;
+    if (isa_supported(k.isa)) return k;
+    if (!isa.empty()) break;
+  }
+  throw std::invalid_argument("measure_fma_peak_gflops: ISA '" + isa +
+                              "' is unknown or not supported by this CPU (avx512, avx2, generic)");
+}
+
+// Runs body(t) for t in [0, threads), each on its own thread.
+template <class F> void on_all_threads(int threads, const F& body) {
+#ifdef INTRA_OP_PARALLEL
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) body(t);
+  });
+#else
+  // ATen's parallel_for is an inline OpenMP loop: in a translation unit built without -fopenmp
+  // (against a torch built with OpenMP) it runs serially, and the "peak" would be one core's.
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back([&body, t] { body(t); });
+  body(0);
+  for (std::thread& thread : pool) thread.join();
+#endif
+}
+
+// Seconds for every thread to run `iters` iterations once.
+double time_all_threads(const PeakKernel& k, int64_t iters, int threads) {
+  std::vector<double> sink(threads);
+  const auto start = std::chrono::steady_clock::now();
+  on_all_threads(threads, [&](int64_t t) { sink[t] = k.run(iters); });
+  const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+  // The results feed a check, so no chain can be optimized away.
+  for (double s : sink)
+    if (!std::isfinite(s)) throw std::runtime_error("measure_fma_peak_gflops: chains diverged");
+  return elapsed.count();
+}
+
+}  // namespace
+
+double measure_fma_peak_gflops(const std::string& dtype, const std::string& isa, double seconds) {
+  const PeakKernel& k = choose(dtype, isa);
+  if (!(seconds > 0)) throw std::invalid_argument("measure_fma_peak_gflops: seconds must be > 0");
+  const int threads = std::max(1, at::get_num_threads());
+  // Grow the run until one takes an eighth of the budget, then keep the best of the runs that
+  // fit in the rest (at least 3): other load on the machine only ever slows a run down.
+  int64_t iters = 1024;
+  double t = time_all_threads(k, iters, threads);
+  while (t < seconds / 8 && iters < (int64_t{1} << 40)) {
+    iters *= 2;
+    t = time_all_threads(k, iters, threads);
+  }
+  double best = t, spent = t;
+  for (int run = 0; run < 3 || spent < seconds; ++run) {
+    t = time_all_threads(k, iters, threads);
+    best = std::min(best, t);
+    spent += t;
+  }
+  return static_cast<double>(k.flops_per_iter) * static_cast<double>(iters) * threads / best / 1e9;
+}
+
+}  // namespace fused_linreg::cpu
