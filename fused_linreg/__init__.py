@@ -6,6 +6,7 @@ and ``torch.optim.SGD`` for :class:`FusedSGD`; results match plain PyTorch.
 from fused_linreg import functional
 from fused_linreg._ops import _C
 from fused_linreg.autograd import LinearFunction, LinearReLUFunction
+from fused_linreg.fuse import fuse
 from fused_linreg.modules import FusedLinear, FusedLinearReLU
 from fused_linreg.optim import FusedSGD
 
@@ -19,6 +20,7 @@ __all__ = [
     "LinearReLUFunction",
     "build_info",
     "functional",
+    "fuse",
     "set_cpu_isa",
 ]
 

@@ -1,0 +1,94 @@
+"""``fuse(model)``: an existing model on fused_linreg's kernels, without editing its code."""
+import copy
+from typing import Dict, TypeVar
+
+from torch import nn
+
+from fused_linreg.modules import FusedLinear, FusedLinearReLU
+
+__all__ = ["fuse"]
+
+M = TypeVar("M", bound=nn.Module)
+
+# Modules whose forward is exactly F.linear(x, weight, bias). Subclasses of nn.Linear are left
+# alone (they may override forward, or be used only for their parameters, like
+# nn.MultiheadAttention's out_proj).
+_LINEARS = (nn.Linear, FusedLinear)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or getattr(module, "_backward_pre_hooks", None))
+
+
+def _fused_linear(linear: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
+    """FusedLinear for a plain nn.Linear (one per instance, so shared layers stay shared)."""
+    if type(linear) is not nn.Linear:
+        return linear
+    if id(linear) not in memo:
+        fused = FusedLinear.from_linear(linear)
+        for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                     "_backward_pre_hooks", "_forward_hooks_with_kwargs",
+                     "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
+            if hasattr(linear, name):
+                setattr(fused, name, copy.copy(getattr(linear, name)))
+        memo[id(linear)] = fused
+    return memo[id(linear)]
+
+
+def _fuse_children(module: nn.Module, memo: Dict[int, nn.Module], seen: set) -> None:
+    if id(module) in seen:
+        return
+    seen.add(id(module))
+    names = list(module._modules)
+    for i, name in enumerate(names):
+        child = module._modules[name]
+        if child is None:
+            continue
+        following = module._modules[names[i + 1]] if i + 1 < len(names) else None
+        if (isinstance(module, nn.Sequential) and type(child) in _LINEARS
+                and type(following) is nn.ReLU
+                and not _has_hooks(child) and not _has_hooks(following)):
+            # Linear then ReLU: one FusedLinearReLU on the same Parameters; the ReLU becomes an
+            # Identity so that indices and state_dict keys stay as they were.
+            module._modules[name] = FusedLinearReLU.from_linear(child)
+            module._modules[names[i + 1]] = nn.Identity()
+        elif type(child) is nn.Linear:
+            module._modules[name] = _fused_linear(child, memo)
+        else:
+            _fuse_children(child, memo, seen)
+
+
+def fuse(model: M, inplace: bool = False) -> M:
+    """``model`` with every ``nn.Linear`` computed by fused_linreg.
+
+    Inside every ``nn.Sequential``, an ``nn.Linear`` directly followed by an ``nn.ReLU`` becomes
+    one :class:`FusedLinearReLU` (and the ReLU an ``nn.Identity``, so indices and ``state_dict``
+    keys do not change); every other ``nn.Linear`` becomes a :class:`FusedLinear`. Nested
+    modules are included, weights are kept, outputs are unchanged. Only modules whose type is
+    exactly ``nn.Linear`` are replaced (subclasses may compute something else).
+
+    With ``inplace=False`` (the default) ``model`` is deep-copied first and left as it was; with
+    ``inplace=True`` it is changed in place and the fused layers use its own Parameters, so an
+    optimizer already built over ``model.parameters()`` keeps working. A model that *is* an
+    ``nn.Linear`` comes back as a new :class:`FusedLinear` (on the same Parameters when
+    ``inplace=True``).
+
+    >>> model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    >>> model = fused_linreg.fuse(model)
+    >>> model
+    Sequential(
+      (0): FusedLinearReLU(in_features=64, out_features=128, bias=True)
+      (1): Identity()
+      (2): FusedLinear(in_features=128, out_features=10, bias=True)
+    )
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fuse expects a torch.nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    memo: Dict[int, nn.Module] = {}
+    if type(model) is nn.Linear:
+        return _fused_linear(model, memo)
+    _fuse_children(model, memo, set())
+    return model

@@ -1,0 +1,130 @@
+"""fused_linreg.fuse(model): which modules it replaces, and that weights and outputs are unchanged."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fused_linreg
+from fused_linreg import FusedLinear, FusedLinearReLU, FusedSGD, fuse
+
+
+class Block(nn.Module):
+    """A custom module holding a Linear attribute and a Sequential, used from forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 8)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(inplace=True))
+        self.heads = nn.ModuleList([nn.Linear(8, 3), nn.Linear(8, 3, bias=False)])
+
+    def forward(self, x):
+        h = self.mlp(self.proj(x))
+        return self.heads[0](h) + self.heads[1](h)
+
+
+def make_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        Block(),
+        nn.ReLU(),
+        nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.ReLU()),
+    ).double()
+
+
+def test_replacements_nested_and_types():
+    model = make_model()
+    fused = fuse(model)
+    block = fused[0]
+    assert type(block.proj) is FusedLinear
+    assert [type(m) for m in block.mlp] == [FusedLinearReLU, nn.Identity, FusedLinearReLU, nn.Identity]
+    assert [type(m) for m in block.heads] == [FusedLinear, FusedLinear]
+    assert block.heads[1].bias is None
+    assert [type(m) for m in fused[2]] == [FusedLinear, nn.Tanh, FusedLinearReLU, nn.Identity]
+    assert type(fused[1]) is nn.ReLU  # follows a Block, not a Linear: left as it is
+    assert not any(type(m) is nn.Linear for m in fused.modules())
+
+
+def test_outputs_gradients_and_state_dict_unchanged():
+    model = make_model()
+    fused = fuse(model)
+    assert list(fused.state_dict()) == list(model.state_dict())
+    for (name, a), b in zip(model.state_dict().items(), fused.state_dict().values()):
+        assert torch.equal(a, b), name
+    x = torch.randn(7, 6, dtype=torch.float64)
+    y_ref, y = model(x), fused(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    y_ref.square().sum().backward()
+    y.square().sum().backward()
+    for (name, p_ref), p in zip(model.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_not_inplace_leaves_model_alone_and_copies_parameters():
+    model = make_model()
+    before = copy.deepcopy(model.state_dict())
+    fused = fuse(model)
+    assert fused is not model
+    assert type(model[0].proj) is nn.Linear and type(model[0].mlp[1]) is nn.ReLU
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(model.parameters(), fused.parameters()))
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.add_(1)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_inplace_keeps_parameters_so_an_existing_optimizer_still_trains_it():
+    model = make_model()
+    params = list(model.parameters())
+    opt = FusedSGD(model.parameters(), lr=0.1, momentum=0.9)
+    out = fuse(model, inplace=True)
+    assert out is model
+    assert all(p is q for p, q in zip(params, model.parameters()))
+    before = [p.detach().clone() for p in params]
+    model[0](torch.randn(4, 6, dtype=torch.float64)).sum().backward()  # reaches every Block layer
+    opt.step()
+    changed = [not torch.equal(p, b) for p, b in zip(params, before)]
+    assert changed == [p.grad is not None and bool(p.grad.any()) for p in params]
+    assert sum(changed) == 9  # all of the Block's parameters
+
+
+def test_root_linear_shared_layers_and_train_mode():
+    lin = nn.Linear(4, 2)
+    lin.eval()
+    f = fuse(lin, inplace=True)
+    assert type(f) is FusedLinear and f.weight is lin.weight and not f.training
+
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.Tanh(), shared)  # the same layer twice (tied)
+    fused = fuse(model)
+    assert fused[0] is fused[2] and type(fused[0]) is FusedLinear
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(fused(x), model(x))
+
+
+def test_subclasses_hooks_and_already_fused_layers():
+    class MyLinear(nn.Linear):  # may compute anything: left alone
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    seen = []
+    hooked = nn.Linear(3, 3)
+    hooked.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    model = nn.Sequential(MyLinear(3, 3), nn.ReLU(), hooked, nn.ReLU(), FusedLinear(3, 3), nn.ReLU(),
+                          nn.MultiheadAttention(3, 1))
+    fused = fuse(model)
+    assert type(fused[0]) is MyLinear and type(fused[1]) is nn.ReLU
+    # A hooked Linear keeps its hook and is not merged with its ReLU (the hook sees the pre-ReLU output).
+    assert type(fused[2]) is FusedLinear and type(fused[3]) is nn.ReLU
+    assert type(fused[4]) is FusedLinearReLU and type(fused[5]) is nn.Identity
+    assert type(fused[6].out_proj) is not FusedLinear
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(fused[:6](x), model[:6](x))
+    assert len(seen) == 2
+
+
+def test_exported_and_rejects_non_modules():
+    assert fused_linreg.fuse is fuse and "fuse" in fused_linreg.__all__
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        fuse(torch.randn(2))
