@@ -3,6 +3,7 @@
 Swap ``nn.Linear`` for :class:`FusedLinear`, ``nn.Linear`` + ``nn.ReLU`` for :class:`FusedLinearReLU`
 and ``torch.optim.SGD`` for :class:`FusedSGD`; results match plain PyTorch.
 """
+from fused_linreg import _autocast  # noqa: F401  (registers the ops' autocast kernels)
 from fused_linreg import functional
 from fused_linreg._ops import _C
 from fused_linreg.autograd import LinearFunction, LinearReLUFunction

@@ -57,6 +57,10 @@ def save_for_linear_backward(ctx, input, weight, bias, relu_mask):
 def linear_backward(ctx, grad_output):
     """Gradients for (input, weight, bias), computing only those that are needed."""
     input, weight, relu_mask = ctx.saved_tensors
+    if grad_output.dtype != input.dtype:
+        # LinearFunction.apply under torch.autocast: the forward op computed in the autocast dtype
+        # (fused_linreg/_autocast.py) from the saved higher-precision tensors; backward likewise.
+        input, weight = input.to(grad_output.dtype), weight.to(grad_output.dtype)
     needs = ctx.needs_input_grad
     output_mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
     if not any(output_mask):
