@@ -60,11 +60,18 @@ class FusedSGD(torch.optim.SGD):
                     buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
                 buffers.append(buf)
         for device, (params, grads, buffers, init) in batches.items():
+            device_found_inf = None if found_inf is None else found_inf.to(device)
             _ops.sgd_step_(
                 params, grads, buffers, init,
                 lr=float(group["lr"]), momentum=momentum, dampening=group["dampening"],
                 weight_decay=group["weight_decay"], nesterov=group["nesterov"],
                 maximize=group["maximize"],
                 grad_scale=None if grad_scale is None else grad_scale.to(device),
-                found_inf=None if found_inf is None else found_inf.to(device),
+                found_inf=device_found_inf,
             )
+            if any(init) and device_found_inf is not None and device_found_inf.item() != 0:
+                # A skipped (inf/NaN) first step wrote nothing into the new momentum buffers:
+                # drop them, so that the next step starts them as a first step would.
+                for p, new in zip(params, init):
+                    if new:
+                        del self.state[p]["momentum_buffer"]
