@@ -1,0 +1,263 @@
+"""Forward and every gradient of linear / linear+ReLU against F.linear (+ F.relu), over shapes that
+cross every blocking boundary of the CPU kernels, dtypes, layouts and requires_grad combinations."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fused_linreg
+from conftest import (DTYPES, OPS, assert_close, assert_same, exact_randn, fused, make_generator,
+                      reference, run_both)
+
+# The CPU kernels tile with MR in {12, 6, 2} rows and NR in {32, 16, 8} columns (per ISA and
+# dtype), block K by KC = 256, give a task at most 1024 columns, pack B in column blocks of about
+# 8 MiB / K elements, and split K into slices when the output has < 32 micro-tiles and K >= 2048.
+# (M, N, K): input [M, K], weight [N, K].
+SHAPES = [
+    (1, 1, 1),
+    (0, 5, 7),  # batch 0
+    (3, 4, 0),  # in_features 0: the output is the bias
+    (3, 0, 4),  # out_features 0
+    (2, 3, 5), (7, 11, 13), (13, 17, 19), (29, 31, 37),  # primes
+    (2, 8, 3), (3, 9, 4), (5, 7, 6),  # around the narrowest micro-tile
+    (6, 16, 8), (7, 15, 9), (11, 17, 10), (12, 32, 16), (13, 33, 17), (24, 31, 12),
+    (25, 65, 3), (1, 63, 2), (12, 64, 1),
+    (5, 9, 255), (6, 8, 256), (7, 33, 257), (13, 17, 513),  # K blocks
+    (3, 1023, 5), (2, 1024, 7), (4, 1025, 9), (13, 2049, 3),  # task column range
+    (1, 1, 2047), (1, 1, 2048), (3, 5, 2049), (13, 33, 4099), (2, 7, 8191),  # split K
+    (5, 1000, 4099),  # several packed-B column blocks (float32: ~480-511 columns each)
+    (3000, 40, 50),  # large batch: many row blocks, threaded
+    (97, 300, 700),  # threaded, every edge at once
+]
+
+OPS_UNDER_TEST = ["linear", "linear_relu"]
+
+
+def shape_id(s):
+    return "x".join(map(str, s))
+
+
+def check_exact(fused, ref, dtype, what):
+    """Exact data: float32/float64 must match PyTorch bitwise; bfloat16 within one rounding."""
+    for name, a, e in zip(("output", "grad_input", "grad_weight", "grad_bias"), fused, ref):
+        if e is None:
+            assert a is None, f"{what}: {name} should not be computed"
+            continue
+        if dtype == torch.bfloat16:
+            assert_close(a, e, dtype, msg=f"{what}: {name}")
+        else:
+            assert_same(a, e, f"{what}: {name}")
+
+
+@pytest.mark.parametrize("op", OPS_UNDER_TEST)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_matches_pytorch_exact_data(shape, dtype, bias, op):
+    M, N, K = shape
+    g = make_generator(hash((M, N, K)) % 2**31)
+    x = exact_randn(M, K, dtype=dtype, generator=g)
+    w = exact_randn(N, K, dtype=dtype, generator=g)
+    b = exact_randn(N, dtype=dtype, generator=g) if bias else None
+    go = exact_randn(M, N, dtype=dtype, generator=g)
+    fused, ref = run_both(op, x, w, b, go)
+    check_exact(fused, ref, dtype, f"{op} {shape} {dtype}")
+
+
+@pytest.mark.parametrize("op", OPS_UNDER_TEST)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(7, 33, 257), (13, 33, 4099), (5, 1000, 4099), (300, 70, 90)],
+                         ids=shape_id)
+def test_rounding_continuous_data(shape, dtype, op):
+    """Continuous random data: the result is within the dtype's rounding error of PyTorch's
+    float64 result (the error scale is |x| @ |w|.T + |b|, K terms)."""
+    M, N, K = shape
+    torch.manual_seed(M * 7 + N)
+    x64, w64, b64 = torch.randn(M, K, dtype=torch.float64), torch.randn(N, K, dtype=torch.float64), \
+        torch.randn(N, dtype=torch.float64)
+    go64 = torch.randn(M, N, dtype=torch.float64)
+    x, w, b, go = (t.to(dtype) for t in (x64, w64, b64, go64))
+    fused, _ = run_both(op, x, w, b, go)
+    # Reference: PyTorch in float64 on the same (rounded) inputs.
+    _, ref = run_both(op, x.double(), w.double(), b.double(), go.double())
+    y, gx, gw, gb = fused
+    ry, rgx, rgw, rgb = ref
+    scale_y = x.double().abs() @ w.double().abs().T + b.double().abs()
+    assert_close(y, ry, dtype, scale=scale_y, terms=K, msg="output")
+    if op == "linear_relu":
+        # The seeds are such that no pre-activation is within rounding of 0, so both forwards
+        # agree on every ReLU decision; a sign flip means the forward is off by far more than
+        # rounding (and would make the gradients differ legitimately).
+        flips = (y.double() > 0) != (ry > 0)
+        assert not bool(flips.any()), f"{int(flips.sum())} ReLU decisions differ from PyTorch"
+    gscale = go.double().abs()
+    assert_close(gx, rgx, dtype, scale=gscale @ w.double().abs(), terms=N, msg="grad_input")
+    assert_close(gw, rgw, dtype, scale=gscale.T @ x.double().abs(), terms=M, msg="grad_weight")
+    assert_close(gb, rgb, dtype, scale=gscale.sum(0), terms=M, msg="grad_bias")
+
+
+# ---- layouts -------------------------------------------------------------------------------------
+
+M, N, K = 13, 37, 21
+
+
+def _x(g, dtype):
+    return exact_randn(M, K, dtype=dtype, generator=g)
+
+
+LAYOUTS = {
+    # name: (input, weight, bias, grad_output) builders; each returns a tensor of the usual shape
+    "x_transposed": lambda g, d: (exact_randn(K, M, dtype=d, generator=g).t(), None, None, None),
+    "x_stepped": lambda g, d: (exact_randn(2 * M, 3 * K, dtype=d, generator=g)[::2, ::3], None, None,
+                               None),
+    "x_offset_slice": lambda g, d: (exact_randn(M + 3, K + 5, dtype=d, generator=g)[3:, 5:], None,
+                                    None, None),
+    "x_expanded_rows": lambda g, d: (exact_randn(1, K, dtype=d, generator=g).expand(M, K), None,
+                                     None, None),
+    "x_expanded_cols": lambda g, d: (exact_randn(M, 1, dtype=d, generator=g).expand(M, K), None,
+                                     None, None),
+    "w_transposed": lambda g, d: (None, exact_randn(K, N, dtype=d, generator=g).t(), None, None),
+    "w_stepped": lambda g, d: (None, exact_randn(N, 2 * K, dtype=d, generator=g)[:, ::2], None, None),
+    "w_storage_offset": lambda g, d: (None, exact_randn(N + 2, K, dtype=d, generator=g)[2:], None,
+                                       None),
+    "b_stepped": lambda g, d: (None, None, exact_randn(3 * N, dtype=d, generator=g)[::3], None),
+    "b_expanded": lambda g, d: (None, None, exact_randn(1, dtype=d, generator=g).expand(N), None),
+    "go_expanded": lambda g, d: (None, None, None, exact_randn(1, 1, dtype=d, generator=g).expand(M, N)),
+    "go_expanded_rows": lambda g, d: (None, None, None, exact_randn(1, N, dtype=d, generator=g)
+                                      .expand(M, N)),
+    "go_transposed": lambda g, d: (None, None, None, exact_randn(N, M, dtype=d, generator=g).t()),
+    "go_stepped": lambda g, d: (None, None, None, exact_randn(M, 2 * N, dtype=d, generator=g)[:, 1::2]),
+    "all_transposed": lambda g, d: (exact_randn(K, M, dtype=d, generator=g).t(),
+                                    exact_randn(K, N, dtype=d, generator=g).t(),
+                                    exact_randn(2 * N, dtype=d, generator=g)[1::2],
+                                    exact_randn(N, M, dtype=d, generator=g).t()),
+}
+
+
+@pytest.mark.parametrize("op", OPS_UNDER_TEST)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_non_contiguous(layout, dtype, op):
+    g = make_generator(5)
+    x, w, b, go = (exact_randn(M, K, dtype=dtype, generator=g), exact_randn(N, K, dtype=dtype, generator=g),
+                   exact_randn(N, dtype=dtype, generator=g), exact_randn(M, N, dtype=dtype, generator=g))
+    override = LAYOUTS[layout](g, dtype)
+    x, w, b, go = (o if o is not None else t for o, t in zip(override, (x, w, b, go)))
+    assert not all(t.is_contiguous() and t.storage_offset() == 0 for t in (x, w, b, go))
+    fused, ref = run_both(op, x, w, b, go)
+    check_exact(fused, ref, dtype, f"{op} {layout}")
+
+
+@pytest.mark.parametrize("op", OPS_UNDER_TEST)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("input_shape", [(7,), (0,), (2, 3, 7), (2, 0, 7), (3, 1, 2, 7), (1, 1, 7)],
+                         ids=lambda s: "x".join(map(str, s)) or "scalar")
+def test_input_ranks(input_shape, dtype, op):
+    """1-D input gives a 1-D output; any leading batch dims are kept."""
+    g = make_generator(len(input_shape))
+    kdim = input_shape[-1]
+    x = exact_randn(*input_shape, dtype=dtype, generator=g)
+    w = exact_randn(9, kdim, dtype=dtype, generator=g)
+    b = exact_randn(9, dtype=dtype, generator=g)
+    go = exact_randn(*input_shape[:-1], 9, dtype=dtype, generator=g)
+    fused, ref = run_both(op, x, w, b, go)
+    assert fused[0].shape == (*input_shape[:-1], 9)
+    check_exact(fused, ref, dtype, f"{op} input {input_shape}")
+
+
+@pytest.mark.parametrize("op", OPS_UNDER_TEST)
+def test_3d_permuted_input(op):
+    """A 3-D input that is not viewable as rows (the op must copy or stride it correctly)."""
+    g = make_generator(11)
+    x = exact_randn(4, 9, 5, generator=g).permute(0, 2, 1)  # [4, 5, 9], K = 9
+    w = exact_randn(6, 9, generator=g)
+    b = exact_randn(6, generator=g)
+    go = exact_randn(6, 5, 4, generator=g).permute(2, 1, 0)
+    fused, ref = run_both(op, x, w, b, go)
+    check_exact(fused, ref, torch.float32, op)
+
+
+# ---- which gradients are computed ----------------------------------------------------------------
+
+
+class _RecordOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((func, args))
+        return func(*args, **(kwargs or {}))
+
+
+NEEDS = [(True, True, True), (False, True, True), (True, False, False), (False, False, True),
+         (False, True, False), (True, True, False), (True, False, True)]
+
+
+@pytest.mark.parametrize("op", OPS_UNDER_TEST)
+@pytest.mark.parametrize("needs", NEEDS, ids=lambda n: "".join("xwb"[i] for i in range(3) if n[i]))
+def test_only_needed_gradients(needs, op):
+    """Autograd asks the backward op for exactly the gradients that are needed (output_mask), and
+    the results of those match PyTorch."""
+    g = make_generator(3)
+    x, w, b = exact_randn(6, 10, generator=g), exact_randn(7, 10, generator=g), exact_randn(7, generator=g)
+    go = exact_randn(6, 7, generator=g)
+    with _RecordOps() as rec:
+        fused, _ = run_both(op, x, w, b, go, needs=needs)
+    _, ref = run_both(op, x, w, b, go, needs=needs)
+    backward_calls = [args for f, args in rec.calls if f is OPS.linear_backward.default]
+    assert len(backward_calls) == 1, [str(f) for f, _ in rec.calls]
+    assert list(backward_calls[0][4]) == list(needs)
+    check_exact(fused, ref, torch.float32, f"needs {needs}")
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("mask", [(True, False, False), (False, True, False), (False, False, True),
+                                  (False, False, False), (True, True, True)])
+def test_backward_op_output_mask(mask, relu):
+    """torch.ops.fused_linreg.linear_backward returns None exactly where output_mask is False."""
+    g = make_generator(4)
+    x, w, b = exact_randn(5, 9, generator=g), exact_randn(11, 9, generator=g), exact_randn(11, generator=g)
+    go = exact_randn(5, 11, generator=g)
+    if relu:
+        y, bits = OPS.linear_relu_forward(x, w, b)
+    else:
+        bits = None
+    out = OPS.linear_backward(go, x, w, bits, list(mask))
+    xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+    y = torch.nn.functional.linear(xs, ws, bs)
+    if relu:
+        y = torch.relu(y)
+    ref = torch.autograd.grad(y, (xs, ws, bs), go)
+    for name, want, got, expected in zip(("grad_input", "grad_weight", "grad_bias"), mask, out, ref):
+        if want:
+            assert_same(got, expected, name)
+        else:
+            assert got is None, f"{name} computed although output_mask is False"
+
+
+def test_no_grad_forward_keeps_no_graph():
+    x, w = torch.randn(3, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
+    with torch.no_grad():
+        y = fused_linreg.functional.linear_relu(x, w)
+    assert not y.requires_grad and y.grad_fn is None
+
+
+@pytest.mark.parametrize("op", OPS_UNDER_TEST)
+def test_double_backward_raises_or_is_correct(op):
+    """The backward need not be differentiable, but a second derivative must then raise, never
+    come back silently as "unused" (None / zero) while PyTorch gives a non-zero answer."""
+    g = make_generator(8)
+    x = (exact_randn(3, 4, dtype=torch.float64, generator=g) + 10).requires_grad_()  # ReLU on
+    w = (exact_randn(5, 4, dtype=torch.float64, generator=g) + 10).requires_grad_()
+    results = []
+    for fn in (fused, reference):
+        (gx,) = torch.autograd.grad(fn(op, x, w, None).sum(), x, create_graph=True)
+        try:
+            results.append(torch.autograd.grad((gx * gx).sum(), w, allow_unused=True)[0])
+        except RuntimeError:
+            results.append("raised")
+    got, expected = results
+    assert expected is not None and expected.abs().sum() > 0
+    if not isinstance(got, str):
+        assert got is not None, "second derivative silently missing (None) instead of an error"
+        assert_same(got, expected, "second derivative")
