@@ -9,7 +9,8 @@
 //
 // GEMM structure (BLIS): B is packed once per column block into NR-wide micro-panels shared by all
 // threads; each task packs an MC x KC block of A into MR-tall micro-panels and runs the MR x NR
-// register-blocked microkernel over them, accumulating into a task-local scratch tile. When the
+// register-blocked microkernel over them (each A micro-panel in L1 against the task's B micro-
+// panels streaming from L2), accumulating partial sums in a task-local scratch tile. When the
 // last K block of a micro-tile is done, the epilogue turns it into the output while it is still
 // in L1: that is where bias, ReLU, the bitmask and the in-backward SGD update happen.
 
@@ -77,7 +78,7 @@ template <typename A> struct Tile {
   static constexpr int NR = NV * W;
   static constexpr int MR = sizeof(A) == 4 ? FUSED_LINREG_MR_F32 : FUSED_LINREG_MR_F64;
   static constexpr int64_t KC = 256;
-  // An MC x KC block of packed A stays in L2 while the micro-panels of B stream through L1.
+  // An MC x KC block of packed A stays in L2; one micro-panel of it at a time sits in L1.
   static constexpr int64_t MC_MAX = (256 * 1024 / (KC * int64_t(sizeof(A)))) / MR * MR;
   // Packed B for one column block: K x NC elements, sized to stay in the last-level cache.
   static constexpr int64_t B_BUDGET = 8 * 1024 * 1024 / int64_t(sizeof(A));
@@ -101,8 +102,14 @@ template <typename A> struct ThreadBuffer {
     if (n > capacity) {
       std::free(data);
       capacity = round_up(max64(n, 1024), 16);
-      data = static_cast<A*>(std::aligned_alloc(64, capacity * sizeof(A)));
+      // Large packed operands are walked in big strides: huge pages spare the TLB.
+      const int64_t huge = 2 << 20;
+      const bool use_huge = int64_t(capacity * sizeof(A)) >= 2 * huge;
+      const int64_t align = use_huge ? huge : 64;
+      const int64_t bytes = round_up(int64_t(capacity * sizeof(A)), align);
+      data = static_cast<A*>(std::aligned_alloc(align, bytes));
       if (data == nullptr) throw std::bad_alloc();
+      if (use_huge) madvise(data, bytes, MADV_HUGEPAGE);
     }
     return data;
   }
@@ -452,7 +459,8 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
       ld = p.npanels * NR;
       out = p.slice_out + (s * round_up(g.M, MR) + i0) * ld + jp0 * NR;
     } else {
-      ld = (jp1 - jp0) * NR;
+      // Padded by a cache line so that rows a power of two apart do not alias in L1.
+      ld = (jp1 - jp0) * NR + 64 / int(sizeof(A));
       out = thread_buffer<A, 0>(mb_pad * ld);
     }
     A* packed_a = thread_buffer<A, 1>(mb_pad * KC);
@@ -467,11 +475,11 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
       const bool first = k0 == kbeg, last = k0 + kb >= kend;
       pack_a(g, i0, mb, k0, kb, packed_a, row_sums);
       const A* b_block = p.packed_b + p.packed_b_offset(s, k0);
-      for (int64_t jp = jp0; jp < jp1; ++jp) {
-        const A* b_panel = b_block + jp * kb * NR;
-        for (int64_t ip = 0; ip < mb; ip += MR) {
+      // The A micro-panel stays in L1 while the chunk's B micro-panels stream from L2.
+      for (int64_t ip = 0; ip < mb; ip += MR) {
+        for (int64_t jp = jp0; jp < jp1; ++jp) {
           A* tile = out + ip * ld + (jp - jp0) * NR;
-          microkernel<T>(kb, packed_a + ip * kb, b_panel, tile, ld, !first,
+          microkernel<T>(kb, packed_a + ip * kb, b_block + jp * kb * NR, tile, ld, !first,
                          last && !p.slice_out ? &g : nullptr, i0 + ip, p.j0 + jp * NR,
                          min64(MR, mb - ip), min64(NR, p.ncols - jp * NR));
         }
