@@ -154,6 +154,21 @@ template <typename A> struct VecOps {
         std::memcpy(&v, p, sizeof(V));
         return v;
       }
+#if defined(FUSED_LINREG_ISA_AVX512)
+      // Masked loads: micro-panels of 12 lanes are common and must not fall to scalar code.
+      if constexpr (sizeof(A) == 4)
+        return V(_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p));
+      else
+        return V(_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p));
+#elif defined(FUSED_LINREG_ISA_AVX2)
+      IV lane;
+      for (int l = 0; l < W; ++l) lane[l] = l;
+      const IV active = lane < I(n);
+      if constexpr (sizeof(A) == 4)
+        return V(_mm256_maskload_ps(p, __m256i(active)));
+      else
+        return V(_mm256_maskload_pd(p, __m256i(active)));
+#endif
     }
     V v = V{};
     for (int l = 0; l < n; ++l) v[l] = to_acc(p[l]);
@@ -223,27 +238,33 @@ struct PanelMask {
   }
 };
 
-// Packs `lanes` (<= P) lanes by kb steps; lanes past `lanes` are zero. lane_sums[l] += sum over k.
+// Packs `lanes` lanes by kb steps into panels of P lanes (panel p at dst + p * P * kb; lanes past
+// `lanes` are zero). pm (when set) describes the mask bit of (lane, k) with pm->lane0 = lane 0.
+// lane_sums[l] (when set) += the sum of lane l over these steps.
 template <int P, typename T>
-void pack_panel(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb, acc_t<T>* dst,
-                const PanelMask* pm, acc_t<T>* lane_sums) {
+void pack_panels(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb, acc_t<T>* dst,
+                 const PanelMask* pm, acc_t<T>* lane_sums) {
   using A = acc_t<T>;
   using Ops = VecOps<A>;
   using V = typename Ops::V;
   constexpr int W = Ops::W;
-  for (int g0 = 0; g0 < P; g0 += W) {
-    const int n = int(min64(W, max64(0, lanes - g0)));  // valid lanes in this group
-    const int width = P - g0 < W ? P - g0 : W;           // lanes this group stores
-    const T* gsrc = src + g0 * ls;
-    A* gdst = dst + g0;
-    V sums = V{};
-    int64_t k = 0;
-    if (ks == 1 && ls != 1 && n > 0) {
-      for (; k + W <= kb; k += W) {
+  const int64_t panels = ceil_div(lanes, P);
+  // Steps [0, k_transposed) go through W x W register transposes (K contiguous); the rest lane
+  // by lane, one step at a time across all panels, so that every source row is read
+  // contiguously once (a panel at a time would walk rows a power of two apart).
+  const int64_t k_transposed = (ks == 1 && ls != 1) ? kb / W * W : 0;
+  for (int64_t p = 0; p < panels && k_transposed > 0; ++p) {
+    for (int g0 = 0; g0 < P; g0 += W) {
+      const int64_t lane = p * P + g0;
+      const int width = P - g0 < W ? P - g0 : W;                // lanes this group stores
+      const int n = int(min64(width, max64(0, lanes - lane)));  // of which valid
+      A* gdst = dst + p * P * kb + g0;
+      V sums = V{};
+      for (int64_t k = 0; k < k_transposed; k += W) {
         V block[W];
         for (int l = 0; l < W; ++l) {
-          block[l] = l < n ? Ops::load(gsrc + l * ls + k, W) : V{};
-          if (pm && l < n) block[l] = Ops::select(block[l], pm->lane_bits(g0 + l, k, W));
+          block[l] = l < n ? Ops::load(src + (lane + l) * ls + k, W) : V{};
+          if (pm && l < n) block[l] = Ops::select(block[l], pm->lane_bits(lane + l, k, W));
         }
         Ops::transpose(block);
         for (int kk = 0; kk < W; ++kk) {
@@ -251,15 +272,24 @@ void pack_panel(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb,
           sums += block[kk];
         }
       }
+      if (lane_sums)
+        for (int l = 0; l < n; ++l) lane_sums[lane + l] += sums[l];
     }
-    for (; k < kb; ++k) {
-      V v = ls == 1 ? Ops::load(gsrc + k * ks, n) : Ops::load_strided(gsrc + k * ks, ls, n);
-      if (pm && n > 0) v = Ops::select(v, pm->step_bits(g0, k, n));
-      std::memcpy(gdst + k * P, &v, width * sizeof(A));
-      sums += v;
+  }
+  for (int64_t k = k_transposed; k < kb; ++k) {
+    for (int64_t p = 0; p < panels; ++p) {
+      for (int g0 = 0; g0 < P; g0 += W) {
+        const int64_t lane = p * P + g0;
+        const int width = P - g0 < W ? P - g0 : W;
+        const int n = int(min64(width, max64(0, lanes - lane)));
+        const T* s = src + lane * ls + k * ks;
+        V v = ls == 1 ? Ops::load(s, n) : Ops::load_strided(s, ls, n);
+        if (pm && n > 0) v = Ops::select(v, pm->step_bits(lane, k, n));
+        std::memcpy(dst + p * P * kb + k * P + g0, &v, width * sizeof(A));
+        if (lane_sums)
+          for (int l = 0; l < n; ++l) lane_sums[lane + l] += v[l];
+      }
     }
-    if (lane_sums)
-      for (int l = 0; l < n; ++l) lane_sums[g0 + l] += sums[l];
   }
 }
 
@@ -268,21 +298,17 @@ void pack_panel(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb,
 template <typename T>
 void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t mb, int64_t k0, int64_t kb, acc_t<T>* dst,
             acc_t<T>* row_sums) {
-  constexpr int MR = Tile<acc_t<T>>::MR;
-  PanelMask pm{g.a_mask, g.a_mask_transposed, 0, k0};
-  for (int64_t ip = 0; ip < mb; ip += MR) {
-    pm.lane0 = i0 + ip;
-    pack_panel<MR>(g.a + (i0 + ip) * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs, min64(MR, mb - ip), kb,
-                   dst + ip * kb, g.a_mask.bits ? &pm : nullptr, row_sums ? row_sums + ip : nullptr);
-  }
+  const PanelMask pm{g.a_mask, g.a_mask_transposed, i0, k0};
+  pack_panels<Tile<acc_t<T>>::MR>(g.a + i0 * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs, mb, kb, dst,
+                                  g.a_mask.bits ? &pm : nullptr, row_sums);
 }
 
-// Packs B(k0 : k0+kb, j0 : j0+nb) (nb <= NR) into one NR-column micro-panel: dst[k * NR + j].
+// Packs B(k0 : k0+kb, j0 : j0+nb) into NR-column micro-panels: dst[(j / NR) * NR * kb + k * NR +
+// j % NR].
 template <typename T>
-void pack_b_panel(const GemmArgs<T>& g, int64_t k0, int64_t kb, int64_t j0, int64_t nb,
-                  acc_t<T>* dst) {
-  pack_panel<Tile<acc_t<T>>::NR>(g.b + k0 * g.b_rs + j0 * g.b_cs, g.b_cs, g.b_rs, nb, kb, dst,
-                                 nullptr, nullptr);
+void pack_b(const GemmArgs<T>& g, int64_t k0, int64_t kb, int64_t j0, int64_t nb, acc_t<T>* dst) {
+  pack_panels<Tile<acc_t<T>>::NR>(g.b + k0 * g.b_rs + j0 * g.b_cs, g.b_cs, g.b_rs, nb, kb, dst,
+                                  nullptr, nullptr);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -421,18 +447,29 @@ template <typename T> struct GemmPlan {
   }
 };
 
+// Packing B is split into tasks of (slice, K block, group of panels).
+constexpr int64_t kPanelsPerPackTask = 8;
+
+template <typename T> int64_t pack_b_tasks(const GemmPlan<T>& p) {
+  const int64_t k_blocks = max64(1, ceil_div(p.slice_k, Tile<acc_t<T>>::KC));
+  return p.slices * k_blocks * ceil_div(p.npanels, kPanelsPerPackTask);
+}
+
 template <typename T> void pack_b_task(void* ctx, int64_t begin, int64_t end) {
   using A = acc_t<T>;
   constexpr int NR = Tile<A>::NR;
   constexpr int64_t KC = Tile<A>::KC;
   const GemmPlan<T>& p = *static_cast<const GemmPlan<T>*>(ctx);
+  const int64_t groups = ceil_div(p.npanels, kPanelsPerPackTask);
+  const int64_t k_blocks = max64(1, ceil_div(p.slice_k, KC));
   for (int64_t t = begin; t < end; ++t) {
-    const int64_t s = t / p.npanels, jp = t % p.npanels;
-    const int64_t j = jp * NR, nb = min64(NR, p.ncols - j);
-    for (int64_t k0 = p.slice_begin(s); k0 < p.slice_end(s); k0 += KC) {
-      const int64_t kb = min64(KC, p.slice_end(s) - k0);
-      pack_b_panel(*p.g, k0, kb, p.j0 + j, nb, p.packed_b + p.packed_b_offset(s, k0) + jp * kb * NR);
-    }
+    const int64_t s = t / (k_blocks * groups), kbi = (t / groups) % k_blocks, grp = t % groups;
+    const int64_t k0 = p.slice_begin(s) + kbi * KC;
+    if (k0 >= p.slice_end(s) && kbi > 0) continue;
+    const int64_t kb = min64(KC, p.slice_end(s) - k0);
+    const int64_t j = grp * kPanelsPerPackTask * NR;
+    pack_b(*p.g, k0, kb, p.j0 + j, min64(kPanelsPerPackTask * NR, p.ncols - j),
+           p.packed_b + p.packed_b_offset(s, k0) + j * kb);
   }
 }
 
@@ -582,7 +619,7 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
     p.chunk_panels = ceil_div(p.npanels, chunks);
     p.chunks = ceil_div(p.npanels, p.chunk_panels);
 
-    run_parallel(p.slices * p.npanels, threaded, &pack_b_task<T>, &p);
+    run_parallel(pack_b_tasks(p), threaded, &pack_b_task<T>, &p);
     run_parallel(p.slices * p.m_blocks * p.chunks, threaded, &compute_task<T>, &p);
     if (p.slices > 1)
       run_parallel(ceil_div(g.M, MR) * p.npanels, threaded, &reduce_slices_task<T>, &p);
