@@ -13,11 +13,16 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-import torch
-import torch.nn.functional as F
+# OpenMP threads that spin while waiting make every small multi-threaded op of the PyTorch
+# reference take milliseconds when the 2 cores are shared with other jobs; passive waiting changes
+# no result, only the wall time. Must be set before torch (libgomp) is loaded.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import fused_linreg
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import fused_linreg  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPS = torch.ops.fused_linreg
