@@ -81,7 +81,7 @@ template <typename A> struct Tile {
   // An MC x KC block of packed A stays in L2; one micro-panel of it at a time sits in L1.
   static constexpr int64_t MC_MAX = (256 * 1024 / (KC * int64_t(sizeof(A)))) / MR * MR;
   // Packed B for one column block: K x NC elements, sized to stay in the last-level cache.
-  static constexpr int64_t B_BUDGET = 8 * 1024 * 1024 / int64_t(sizeof(A));
+  static constexpr int64_t B_BUDGET = 16 * 1024 * 1024 / int64_t(sizeof(A));
   // Widest column range of one task, so the task's scratch tile stays in L2.
   static constexpr int64_t TASK_COLS = 1024;
   static_assert(NR % 8 == 0 && 32 % NR == 0, "micro-tiles must own whole bitmask bytes");
@@ -173,6 +173,17 @@ template <typename A> struct VecOps {
     V v = V{};
     for (int l = 0; l < n; ++l) v[l] = to_acc(p[l]);
     return v;
+  }
+  // Stores lanes 0 .. n of v.
+  static void store(A* p, V v, int n) {
+#if defined(FUSED_LINREG_ISA_AVX512)
+    if constexpr (sizeof(A) == 4)
+      _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), __m512(v));
+    else
+      _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), __m512d(v));
+#else
+    std::memcpy(p, &v, n * sizeof(A));
+#endif
   }
   template <typename T> static V load_strided(const T* p, int64_t stride, int n) {
     V v = V{};
@@ -286,8 +297,7 @@ void pack_panels(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb
         V v = ls == 1 ? Ops::load(s, n) : Ops::load_strided(s, ls, n);
         if (pm && n > 0) v = Ops::select(v, pm->step_bits(lane, k, n));
         std::memcpy(dst + p * P * kb + k * P + g0, &v, width * sizeof(A));
-        if (lane_sums)
-          for (int l = 0; l < n; ++l) lane_sums[lane + l] += v[l];
+        if (lane_sums) Ops::store(lane_sums + lane, Ops::load(lane_sums + lane, n) + v, n);
       }
     }
   }
