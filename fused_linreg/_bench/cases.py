@@ -1,0 +1,142 @@
+"""What the benchmark compares, and the --cases selection.
+
+Names: a single layer is ``MxKxN`` (input [M, K], weight [N, K]); an MLP training step is
+``mlp-BxWxD`` (batch B, width W, depth D: D - 1 FusedLinearReLU layers and a FusedLinear, all
+W -> W); the GEMM against the FMA peak is ``gemm-S`` (S x S x S). Any such name may be given to
+--cases, not only the defaults, as may a group: layer, mlp, gemm, memory, all (= layer,mlp,gemm).
+"""
+import re
+from dataclasses import astuple, dataclass
+from typing import List, Tuple
+
+__all__ = ["LayerCase", "MlpCase", "GemmCase", "MemoryConfig", "default_cases", "select_cases",
+           "memory_config"]
+
+
+@dataclass(frozen=True)
+class LayerCase:
+    """fused_linreg.functional.linear_relu against F.relu(F.linear(...)): forward, forward+backward."""
+
+    m: int
+    k: int
+    n: int
+    group = "layer"
+    passes = ("fwd", "fwd+bwd")
+
+    @property
+    def name(self):
+        return f"{self.m}x{self.k}x{self.n}"
+
+    def flops(self, pass_):
+        # The backward computes grad_input and grad_weight: two more GEMMs of the same size.
+        return 2 * self.m * self.k * self.n * (3 if pass_ == "fwd+bwd" else 1)
+
+
+@dataclass(frozen=True)
+class MlpCase:
+    """A full training step (forward, MSE loss, backward, SGD with momentum) of an MLP."""
+
+    batch: int
+    width: int
+    depth: int
+    group = "mlp"
+    passes = ("step",)
+
+    @property
+    def name(self):
+        return f"mlp-{self.batch}x{self.width}x{self.depth}"
+
+    def flops(self, pass_):
+        # Forward, grad_weight and grad_input GEMMs; the first layer needs no grad_input.
+        return 2 * self.batch * self.width * self.width * (3 * self.depth - 1)
+
+
+@dataclass(frozen=True)
+class GemmCase:
+    """Our GEMM (functional.linear without bias) and torch.mm at S^3, against the FMA peak."""
+
+    size: int
+    group = "gemm"
+    passes = ("fwd",)
+
+    @property
+    def name(self):
+        return f"gemm-{self.size}"
+
+    def flops(self, pass_):
+        return 2 * self.size ** 3
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Issue #6: peak memory of training steps of an MLP (batch, width, depth), per momentum."""
+
+    batch: int
+    width: int
+    depth: int
+    steps: int  # measured steps, after one warm-up step
+    momenta: Tuple[float, ...] = (0.0, 0.9)
+
+
+_DEFAULT = {
+    "layer": [LayerCase(4096, 1024, 1024), LayerCase(512, 256, 256), LayerCase(65536, 64, 64),
+              LayerCase(64, 4096, 4096), LayerCase(100, 1, 1)],
+    "mlp": [MlpCase(2048, 1024, 3), MlpCase(4096, 256, 4), MlpCase(256, 64, 2)],
+    "gemm": [GemmCase(2048)],
+}
+# --quick: the same code paths on tiny shapes (one per default case, alike in aspect).
+_QUICK = {
+    "layer": [LayerCase(64, 32, 32), LayerCase(16, 16, 16), LayerCase(512, 8, 8),
+              LayerCase(4, 128, 128), LayerCase(3, 1, 1)],
+    "mlp": [MlpCase(32, 32, 3), MlpCase(64, 16, 2)],
+    "gemm": [GemmCase(256)],
+}
+_MEMORY = MemoryConfig(batch=256, width=4096, depth=8, steps=3)
+_MEMORY_QUICK = MemoryConfig(batch=32, width=128, depth=3, steps=2)
+GROUPS = ("layer", "mlp", "gemm")
+
+
+def default_cases(quick: bool):
+    table = _QUICK if quick else _DEFAULT
+    return [case for group in GROUPS for case in table[group]]
+
+
+def memory_config(quick: bool) -> MemoryConfig:
+    return _MEMORY_QUICK if quick else _MEMORY
+
+
+def _parse_name(token):
+    if m := re.fullmatch(r"(\d+)x(\d+)x(\d+)", token):
+        return LayerCase(*map(int, m.groups()))
+    if m := re.fullmatch(r"mlp-(\d+)x(\d+)x(\d+)", token):
+        return MlpCase(*map(int, m.groups()))
+    if m := re.fullmatch(r"gemm-(\d+)", token):
+        return GemmCase(int(m.group(1)))
+    return None
+
+
+def select_cases(spec: str, quick: bool) -> Tuple[List[object], bool]:
+    """The cases named by a --cases value (comma-separated groups and names) in the order given,
+    without repeats, and whether the memory comparison was asked for. Raises ValueError."""
+    table = _QUICK if quick else _DEFAULT
+    cases, memory = [], False
+    for token in (t.strip() for t in spec.split(",")):
+        if not token:
+            continue
+        if token == "memory":
+            memory = True
+            continue
+        if token == "all":
+            chosen = default_cases(quick)
+        elif token in table:
+            chosen = table[token]
+        else:
+            case = _parse_name(token)
+            if case is None or 0 in astuple(case):
+                raise ValueError(
+                    f"--cases: unknown case {token!r}; give groups ({', '.join(GROUPS)}, memory, all) "
+                    "or names like 4096x1024x1024, mlp-2048x1024x3, gemm-2048 (--list-cases shows "
+                    "the defaults)")
+            chosen = [case]
+        cases += [c for c in chosen if c not in cases]
+    return cases, memory
