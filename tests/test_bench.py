@@ -1,0 +1,188 @@
+"""The benchmark script (python -m fused_linreg.bench): its --quick smoke run end to end in a
+subprocess, as CI runs it, and its pieces (timing, case selection, report, FMA peak) in process."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fused_linreg._bench import cases, report
+from fused_linreg._bench.timing import Stats, time_interleaved
+from fused_linreg._ops import _C
+
+from conftest import ROOT
+
+
+def run_bench(*args, timeout=600):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "fused_linreg.bench", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def check_ok(row):
+    assert row["status"] == "ok", row
+    assert 0 < row["min_ms"] <= row["q1_ms"] <= row["median_ms"] <= row["q3_ms"] <= row["max_ms"], row
+    assert row["gflops"] > 0 and row["reps"] >= 1 and row["calls_per_rep"] >= 1, row
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    paths = {k: str(out / f"quick.{k}") for k in ("json", "csv", "png")}
+    proc = run_bench("--quick", "--json", paths["json"], "--csv", paths["csv"], "--plot", paths["png"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(paths["json"]) as f:
+        return proc, json.load(f), paths
+
+
+def test_quick_json_has_every_case_with_positive_times(quick_run):
+    _, data, _ = quick_run
+    rows = {(r["case"], r["pass"], r["impl"]): r for r in data["speed"]}
+    expected = cases.default_cases(quick=True)
+    assert {c.group for c in expected} == {"layer", "mlp", "gemm"}
+    for case in expected:
+        for pass_ in case.passes:
+            for impl in ("fused", "eager"):
+                check_ok(rows[(case.name, pass_, impl)])
+            assert rows[(case.name, pass_, "eager")]["speedup_vs_eager"] == pytest.approx(1.0)
+            fused = rows[(case.name, pass_, "fused")]
+            assert fused["speedup_vs_eager"] == pytest.approx(
+                rows[(case.name, pass_, "eager")]["median_ms"] / fused["median_ms"])
+            if case.group != "gemm":  # --quick skips torch.compile, and says so
+                assert rows[(case.name, pass_, "compile")]["status"] == "skipped"
+    for case in expected:
+        if case.group == "mlp":  # reported either way: measured, or why not
+            inbwd = rows[(case.name, "step", "fused-inbwd")]
+            assert inbwd["status"] == "ok" or inbwd["reason"], inbwd
+    assert any("torch.compile skipped" in n for n in data["notes"])
+
+
+def test_quick_reports_the_fma_peak_and_percent_of_it(quick_run):
+    _, data, _ = quick_run
+    peak = data["fma_peak"]
+    assert peak["gflops"] > 0 and peak["isa"] in ("avx512", "avx2", "generic"), peak
+    gemm = [r for r in data["speed"] if r["group"] == "gemm"]
+    assert {r["impl"] for r in gemm} == {"fused", "eager"}
+    for r in gemm:
+        assert r["pct_peak"] == pytest.approx(100 * r["gflops"] / peak["gflops"])
+
+
+def test_quick_prints_header_and_table_and_writes_csv_and_png(quick_run):
+    proc, data, paths = quick_run
+    out = proc.stdout
+    for text in ("build_info:", torch.__version__, "torch threads:", "FMA peak", "median ms", "eager/this"):
+        assert text in out, text
+    assert out.rstrip().splitlines()[-1].startswith("eager/this:")  # the table comes last
+    assert data["meta"]["threads"] >= 1 and data["meta"]["build_info"]["torch_version"]
+    with open(paths["csv"]) as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith("table,case,") and len(lines) == 1 + len(data["speed"])
+    with open(paths["png"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_memory(tmp_path):
+    path = str(tmp_path / "mem.json")
+    proc = run_bench("--quick", "--cases", "memory", "--json", path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(path) as f:
+        data = json.load(f)
+    assert data["speed"] == []
+    rows = {(r["momentum"], r["variant"]): r for r in data["memory"]}
+    assert set(rows) == {(m, v) for m in (0.0, 0.9) for v in ("eager", "fused", "fused-inbwd")}
+    for (momentum, variant), r in rows.items():
+        if variant == "fused-inbwd" and r["status"] != "ok":
+            assert r["reason"], r  # not implemented yet: said so, not faked
+            continue
+        assert r["status"] == "ok", r
+        assert r["peak_mib"] >= r["baseline_mib"] > 0 and r["peak_since_baseline"], r
+        assert r["peak_vs_eager"] > 0, r
+    assert "memory: training steps" in proc.stdout
+
+
+@pytest.mark.slow
+def test_quick_with_compile_times_it_or_says_why_not(tmp_path):
+    path = str(tmp_path / "compile.json")
+    proc = run_bench("--quick", "--compile", "on", "--cases", "16x16x16,mlp-64x16x2", "--json", path,
+                     timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(path) as f:
+        rows = [r for r in json.load(f)["speed"] if r["impl"] == "compile"]
+    assert len(rows) == 3
+    for r in rows:
+        if r["status"] == "ok":
+            check_ok(r)
+            assert r["compile_s"] > 0
+        else:
+            assert r["status"] == "unavailable" and r["reason"], r
+
+
+def test_bad_arguments_fail_clearly():
+    proc = run_bench("--cases", "bogus", "--quick")
+    assert proc.returncode == 2 and "unknown case 'bogus'" in proc.stderr
+    proc = run_bench("--quick", "--list-cases")
+    assert proc.returncode == 0 and "mlp-32x32x3" in proc.stdout.split()
+
+
+# ---- pieces, in process ------------------------------------------------------------------------
+
+
+def test_select_cases():
+    chosen, memory = cases.select_cases("gemm,512x256x256,mlp-8x4x2,gemm,memory", quick=False)
+    assert [c.name for c in chosen] == ["gemm-2048", "512x256x256", "mlp-8x4x2"]
+    assert memory
+    chosen, memory = cases.select_cases("all", quick=True)
+    assert chosen == cases.default_cases(quick=True) and not memory
+    for bad in ("4096x1024", "0x1x1", "mlp-1x2", "layers"):
+        with pytest.raises(ValueError):
+            cases.select_cases(bad, quick=False)
+
+
+def test_flop_counts():
+    assert cases.LayerCase(2, 3, 5).flops("fwd") == 60
+    assert cases.LayerCase(2, 3, 5).flops("fwd+bwd") == 180
+    assert cases.MlpCase(2, 3, 2).flops("step") == 2 * 2 * 3 * 3 * 5  # 5 GEMMs: no grad_input for layer 1
+    assert cases.GemmCase(4).flops("fwd") == 128
+
+
+def test_time_interleaved_round_robin_and_failures():
+    calls = []
+
+    def record(name):
+        return lambda: calls.append(name)
+
+    def broken():
+        raise RuntimeError("no kernel\nmore detail")
+
+    results = time_interleaved({"a": record("a"), "b": record("b"), "x": broken, "s": "skipped: why"},
+                               sync=lambda: None, reps=4, warmup_s=0, sample_s=0, min_warmup_calls=1)
+    assert list(results) == ["a", "b", "x", "s"]
+    assert results["x"] == "RuntimeError: no kernel" and results["s"] == "skipped: why"
+    assert isinstance(results["a"], Stats) and results["a"].reps == 4
+    # After one warm-up call each, samples alternate, each repetition starting with the next one.
+    assert calls[2:] == ["a", "b", "b", "a", "a", "b", "b", "a"]
+
+
+def test_report_marks_fused_slower_than_eager():
+    case = cases.LayerCase(8, 8, 8)
+    rows = [report.speed_row(case, "fwd", "fused", Stats(2.0, 1.9, 2.1, 1.8, 2.5, 5, 1), peak_gflops=100),
+            report.speed_row(case, "fwd", "eager", Stats(1.0, 0.9, 1.1, 0.8, 1.5, 5, 1), peak_gflops=100),
+            report.speed_row(case, "fwd", "compile", "skipped: --quick")]
+    report.add_speedups(rows)
+    assert rows[0]["speedup_vs_eager"] == 0.5 and rows[2]["status"] == "skipped"
+    lines = report.format_speed(rows).splitlines()
+    assert lines[2].split()[-2:] == ["0.50x", report.SLOWER_MARK]
+    assert not lines[3].endswith(report.SLOWER_MARK) and "skipped: --quick" in lines[4]
+    assert "(1 of 1 fused rows)" in lines[-1]
+
+
+def test_fma_peak_binding():
+    assert _C.measure_fma_peak_gflops("float32", "", 0.02) > 0
+    assert _C.measure_fma_peak_gflops("float64", "generic", 0.02) > 0
+    with pytest.raises(ValueError, match="dtype"):
+        _C.measure_fma_peak_gflops("float16")
+    with pytest.raises(ValueError, match="ISA"):
+        _C.measure_fma_peak_gflops("float32", "neon")
