@@ -1,0 +1,81 @@
+"""The demo and the examples run, print what the README shows, and reach what they claim."""
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+
+
+def run(*args, timeout=300):
+    """``python *args`` from the repository root with fused_linreg importable; returns stdout."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout, proc.stderr
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert os.path.getsize(path) > 10_000  # two panels of curves, not an empty figure
+
+
+def test_demo_learns_y_equals_2x_plus_1_like_plain_pytorch():
+    from fused_linreg import demo
+
+    summary = demo.main([])  # the defaults the README runs
+    plain, fused = summary["plain PyTorch"], summary["fused_linreg"]
+    for result in (plain, fused):
+        assert abs(result["w"] - 2) < 0.01 and abs(result["b"] - 1) < 0.02, result
+        assert result["loss"] < 0.0105  # the noise variance is 0.01
+    assert abs(plain["w"] - fused["w"]) < 1e-5 and abs(plain["b"] - fused["b"]) < 1e-5
+
+
+def test_demo_command_line():
+    out, _ = run("-m", "fused_linreg.demo", "--epochs", "20", "--samples", "300", "--log-every", "5")
+    assert re.search(r"^\s+20\s+\d+\.\d+\s+\d+\.\d+$", out, re.M), out  # the loss table's last row
+    for name in ("plain PyTorch", "fused_linreg"):
+        assert re.search(rf"{name}: learned w = -?\d+\.\d+, b = -?\d+\.\d+ .* time \d+\.\d+ s", out), out
+
+
+@pytest.mark.parametrize("script,expect", [
+    ("linear_regression.py", [r"fused_linreg: train loss .* test MSE \d+\.\d", r"least squares: test MSE"]),
+    ("mlp_digits.py", [r"fused_linreg: train loss .* test accuracy \d+\.\d+ %", r"FusedLinearReLU\("]),
+])
+def test_examples_command_line_with_plot(script, expect, tmp_path):
+    png = tmp_path / "curves.png"
+    out, err = run(os.path.join("examples", script), "--epochs", "2", "--plot", str(png))
+    for pattern in expect + [r"ms/epoch", r"time per epoch: \d+\.\d+x", "plot saved to"]:
+        assert re.search(pattern, out), f"{pattern!r} not in:\n{out}"
+    assert "2/2" in err  # the tqdm bar finished
+    assert_png(png)
+
+
+def test_linear_regression_reaches_least_squares():
+    example = load_example("linear_regression")
+    history = example.main([])
+    lstsq = example.load(0)[0]["lstsq_test_mse"]
+    for name, h in history.items():
+        assert h["test MSE"][-1] < 1.1 * lstsq, (name, h["test MSE"][-1], lstsq)
+        assert h["train loss"][-1] < 0.5 * h["train loss"][0]
+    plain, fused = history.values()
+    assert abs(plain["test MSE"][-1] - fused["test MSE"][-1]) < 1e-3 * plain["test MSE"][-1]
+
+
+def test_mlp_digits_reaches_95_percent():  # the full default run: a few seconds on 2 cores
+    history = load_example("mlp_digits").main([])
+    for name, h in history.items():
+        assert h["test accuracy (%)"][-1] >= 95, (name, h["test accuracy (%)"][-1])
