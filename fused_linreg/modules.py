@@ -1,5 +1,7 @@
 """Drop-in modules: subclasses of torch.nn.Linear, so parameters, initialization, state_dict keys
 and repr are nn.Linear's."""
+from typing import TypeVar
+
 import torch
 from torch import nn
 
@@ -8,9 +10,12 @@ from fused_linreg import functional as F
 __all__ = ["FusedLinear", "FusedLinearReLU"]
 
 
+_Fused = TypeVar("_Fused", bound="_FusedLinearBase")
+
+
 class _FusedLinearBase(nn.Linear):
     @classmethod
-    def from_linear(cls, linear: nn.Linear):
+    def from_linear(cls: "type[_Fused]", linear: nn.Linear) -> _Fused:
         """A fused layer that uses ``linear``'s own weight and bias Parameters (not copies), so
         optimizers and state already holding them keep working."""
         if not isinstance(linear, nn.Linear):
