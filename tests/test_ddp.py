@@ -82,6 +82,8 @@ def test_ddp_two_processes_match_one_process_on_the_whole_batch(tmp_path):
     for rank in range(WORLD_SIZE):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         for i, (a, e) in enumerate(zip(got["params"], expected)):
-            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-13, msg=lambda m: f"rank {rank} param {i}: {m}")
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-13,
+                                       msg=lambda m: f"rank {rank} param {i}: {m}")
         for i, (a, e) in enumerate(zip(got["buffers"], expected_buffers)):
-            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-13, msg=lambda m: f"rank {rank} buffer {i}: {m}")
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-13,
+                                       msg=lambda m: f"rank {rank} buffer {i}: {m}")
