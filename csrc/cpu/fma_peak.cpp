@@ -4,11 +4,13 @@
 // latency or memory. The ISA is chosen at run time; each per-ISA entry point is compiled for its
 // ISA with a target attribute and `flatten`, which inlines the shared chain loop and the ISA's
 // intrinsics into it (the loop compiles to kChains back-to-back vfmadd on registers). The chains
-// run on as many threads as ATen uses (at::get_num_threads()).
+// run on as many threads as ATen uses (at::get_num_threads()), at most one per usable CPU.
 #include "cpu/fma_peak.h"
 
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <sched.h>
+#include <time.h>
 
 #include <algorithm>
 #include <chrono>
@@ -161,11 +163,32 @@ template <class F> void on_all_threads(int threads, const F& body) {
 #endif
 }
 
-// Seconds for every thread to run `iters` iterations once.
-double time_all_threads(const PeakKernel& k, int64_t iters, int threads) {
+double thread_cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// The CPUs this process may run on.
+int usable_cpus() {
+#ifdef __linux__
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Every thread runs `iters` iterations once, all at the same time. Returns the wall seconds
+// and writes each thread's own CPU seconds into cpu_seconds.
+double run_all_threads(const PeakKernel& k, int64_t iters, std::vector<double>& cpu_seconds) {
+  const int threads = static_cast<int>(cpu_seconds.size());
   std::vector<double> sink(threads);
   const auto start = std::chrono::steady_clock::now();
-  on_all_threads(threads, [&](int64_t t) { sink[t] = k.run(iters); });
+  on_all_threads(threads, [&](int64_t t) {
+    const double cpu_start = thread_cpu_seconds();
+    sink[t] = k.run(iters);
+    cpu_seconds[t] = thread_cpu_seconds() - cpu_start;
+  });
   const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
   // The results feed a check, so no chain can be optimized away.
   for (double s : sink)
@@ -175,25 +198,32 @@ double time_all_threads(const PeakKernel& k, int64_t iters, int threads) {
 
 }  // namespace
 
+// Each thread's rate is taken in its own CPU time, so time lost to other processes on a shared
+// machine does not lower the peak; the threads run at once, so cores that share execution units
+// (SMT siblings) slow each other as in real work. Never more threads than usable CPUs: threads
+// time-sharing a core would each count the core's full rate.
 double measure_fma_peak_gflops(const std::string& dtype, const std::string& isa, double seconds) {
   const PeakKernel& k = choose(dtype, isa);
   if (!(seconds > 0)) throw std::invalid_argument("measure_fma_peak_gflops: seconds must be > 0");
-  const int threads = std::max(1, at::get_num_threads());
-  // Grow the run until one takes an eighth of the budget, then keep the best of the runs that
-  // fit in the rest (at least 3): other load on the machine only ever slows a run down.
+  const int threads = std::max(1, std::min(at::get_num_threads(), usable_cpus()));
+  std::vector<double> cpu(threads), best_cpu(threads, HUGE_VAL);
+  // Grow the run until one takes an eighth of the budget, then keep each thread's best of the
+  // runs that fit in the rest (at least 3).
   int64_t iters = 1024;
-  double t = time_all_threads(k, iters, threads);
-  while (t < seconds / 8 && iters < (int64_t{1} << 40)) {
+  double wall = run_all_threads(k, iters, cpu);
+  while (wall < seconds / 8 && iters < (int64_t{1} << 40)) {
     iters *= 2;
-    t = time_all_threads(k, iters, threads);
+    wall = run_all_threads(k, iters, cpu);
   }
-  double best = t, spent = t;
+  double spent = 0;
   for (int run = 0; run < 3 || spent < seconds; ++run) {
-    t = time_all_threads(k, iters, threads);
-    best = std::min(best, t);
-    spent += t;
+    spent += run_all_threads(k, iters, cpu);
+    for (int t = 0; t < threads; ++t) best_cpu[t] = std::min(best_cpu[t], cpu[t]);
   }
-  return static_cast<double>(k.flops_per_iter) * static_cast<double>(iters) * threads / best / 1e9;
+  const double flops_per_thread = static_cast<double>(k.flops_per_iter) * static_cast<double>(iters);
+  double gflops = 0;
+  for (double c : best_cpu) gflops += flops_per_thread / std::max(c, 1e-9) / 1e9;
+  return gflops;
 }
 
 }  // namespace fused_linreg::cpu
