@@ -1,8 +1,12 @@
 // Argument checks shared by the CPU and CUDA implementations: every message names the argument
 // and the shapes, dtypes or devices involved.
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
+#include <c10/util/safe_numerics.h>
 
-#include <unordered_set>
+#include <algorithm>
+#include <string>
+#include <vector>
 
 #include "ops.h"
 
@@ -13,20 +17,83 @@ bool is_supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
 }
 
-void check_floating(const char* op, const char* name, const at::Tensor& t) {
+std::string indexed(const char* name, size_t i) { return std::string(name) + "[" + std::to_string(i) + "]"; }
+
+void check_floating(const char* op, const std::string& name, const at::Tensor& t) {
   TORCH_CHECK_TYPE(is_supported_dtype(t.scalar_type()), op, ": ", name,
                    " must be float32, float64, bfloat16 or float16, got ", t.scalar_type());
   TORCH_CHECK(t.layout() == at::kStrided, op, ": ", name, " must be a dense tensor, got layout ",
               t.layout());
 }
 
-void check_same(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
-                const char* ref_name) {
+void check_same(const char* op, const std::string& name, const at::Tensor& t, const at::Tensor& ref,
+                const std::string& ref_name) {
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": expected ", name, " and ",
                    ref_name, " to have the same dtype, got ", t.scalar_type(), " and ",
                    ref.scalar_type());
   TORCH_CHECK(t.device() == ref.device(), op, ": expected ", name, " and ", ref_name,
               " on the same device, got ", t.device(), " and ", ref.device());
+}
+
+// Memory written by one SGD step must not be shared: params and momentum buffers are updated in
+// place (possibly in parallel), and a gradient may be read only where it is not written, or be
+// exactly the tensor written (same elements, same layout).
+struct Extent {
+  const c10::StorageImpl* storage;
+  uintptr_t begin, end;  // bytes
+  const at::Tensor* tensor;
+  std::string name;
+  char kind;  // 'p'arams, momentum 'b'uffers or 'g'rads
+  size_t index;
+};
+
+Extent extent_of(const at::Tensor& t, const char* name, size_t index) {
+  uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr()), span = 1;
+  for (int64_t d = 0; d < t.dim(); ++d) span += uintptr_t(t.size(d) - 1) * uintptr_t(t.stride(d));
+  return {t.storage().unsafeGetStorageImpl(), begin, begin + span * t.element_size(), &t,
+          indexed(name, index), name[0], index};
+}
+
+void check_sgd_aliasing(const char* op, at::TensorList params, at::TensorList grads,
+                        at::TensorList buffers) {
+  std::vector<Extent> extents;
+  auto add = [&](at::TensorList list, const char* name) {
+    for (size_t i = 0; i < list.size(); ++i) {
+      const at::Tensor& t = list[i];
+      if (t.numel() == 0 || !t.has_storage()) continue;
+      if (name[0] != 'g')
+        TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, op, ": ", indexed(name, i),
+                    " has elements that share memory (e.g. an expanded tensor), so it cannot be "
+                    "updated in place");
+      extents.push_back(extent_of(t, name, i));
+    }
+  };
+  add(params, "params");
+  add(buffers, "momentum_buffers");
+  add(grads, "grads");
+  std::sort(extents.begin(), extents.end(), [](const Extent& a, const Extent& b) {
+    return a.storage != b.storage ? a.storage < b.storage : a.begin < b.begin;
+  });
+  for (size_t i = 0; i < extents.size(); ++i) {
+    for (size_t j = i + 1; j < extents.size(); ++j) {
+      const Extent &a = extents[i], &b = extents[j];
+      if (b.storage != a.storage || b.begin >= a.end) break;
+      if (a.kind == 'g' && b.kind == 'g') continue;  // gradients are only read
+      const at::MemOverlapStatus status = at::get_overlap_status(*a.tensor, *b.tensor);
+      if (status == at::MemOverlapStatus::No) continue;
+      // Strided views whose ranges interleave may well be disjoint (columns of one matrix):
+      // only the same first element is certainly shared.
+      if (status == at::MemOverlapStatus::TooHard && a.begin != b.begin) continue;
+      // A gradient that is exactly its own parameter (same elements, same layout) is read and
+      // written element by element: allowed, as in torch.optim.SGD.
+      const bool own_grad = a.index == b.index && ((a.kind == 'p' && b.kind == 'g') ||
+                                                   (a.kind == 'g' && b.kind == 'p'));
+      if (own_grad && a.begin == b.begin && a.tensor->strides() == b.tensor->strides()) continue;
+      TORCH_CHECK(false, op,
+                  ": ", a.name, " and ", b.name, " share memory; the parameters and momentum "
+                  "buffers of one step must not overlap each other or other gradients");
+    }
+  }
 }
 
 }  // namespace
@@ -42,6 +109,15 @@ void check_linear_args(const char* op, const at::Tensor& input, const at::Tensor
               input.sizes(), ") must equal weight's in_features (shape ", weight.sizes(),
               "): ", input.size(-1), " != ", weight.size(1));
   check_same(op, "input", input, weight, "weight");
+  // The output [*input.shape[:-1], out_features] must be addressable with 64-bit element and
+  // byte counts: inputs with huge logical sizes (expanded, meta) can ask for more.
+  int64_t rows = 1, bytes = 0;
+  bool overflow = false;
+  for (int64_t d = 0; d + 1 < input.dim(); ++d) overflow |= c10::mul_overflows(rows, input.size(d), &rows);
+  overflow = overflow || c10::mul_overflows(rows, weight.size(0), &bytes) ||
+             c10::mul_overflows(bytes, int64_t(input.element_size()), &bytes);
+  TORCH_CHECK(!overflow, op, ": the output for input of shape ", input.sizes(),
+              " and weight of shape ", weight.sizes(), " would have more than 2^63 bytes");
   if (bias.has_value()) {
     check_floating(op, "bias", *bias);
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
@@ -74,6 +150,33 @@ void check_linear_backward_args(const at::Tensor& grad_output, const at::Tensor&
   }
 }
 
+void check_linear_backward_sgd_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                    const at::Tensor& weight, const OptionalTensor& relu_mask,
+                                    const OptionalTensor& bias,
+                                    const OptionalTensor& weight_momentum_buffer,
+                                    const OptionalTensor& bias_momentum_buffer, double momentum) {
+  const char* op = "fused_linreg.linear_backward_sgd_";
+  check_linear_backward_args(grad_output, input, weight, relu_mask);
+  check_linear_args(op, input, weight, bias);
+  auto check_param = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous to be updated in the backward");
+  };
+  auto check_buffer = [&](const OptionalTensor& buf, const at::Tensor& param, const char* name) {
+    TORCH_CHECK(buf.has_value(), op, ": momentum=", momentum, " needs ", name);
+    TORCH_CHECK(buf->sizes() == param.sizes(), op, ": ", name, " has shape ", buf->sizes(),
+                " but its parameter has shape ", param.sizes());
+    check_same(op, name, *buf, param, "its parameter");
+    TORCH_CHECK(buf->is_contiguous(), op, ": ", name, " must be contiguous");
+    TORCH_CHECK(!buf->is_same(param), op, ": ", name, " is its own parameter");
+  };
+  check_param(weight, "weight");
+  if (bias.has_value()) check_param(*bias, "bias");
+  if (momentum != 0) {
+    check_buffer(weight_momentum_buffer, weight, "weight_momentum_buffer");
+    if (bias.has_value()) check_buffer(bias_momentum_buffer, *bias, "bias_momentum_buffer");
+  }
+}
+
 void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                     const c10::List<bool>& init_momentum_buffers, double momentum,
                     const OptionalTensor& grad_scale, const OptionalTensor& found_inf) {
@@ -87,33 +190,29 @@ void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList 
     TORCH_CHECK(init_momentum_buffers.size() == params.size(), op, ": got ", params.size(),
                 " params but ", init_momentum_buffers.size(), " init_momentum_buffers flags");
   }
-  std::unordered_set<const void*> written;
-  auto check_unaliased = [&](const at::Tensor& t, const char* what, size_t i) {
-    if (t.numel() == 0) return;
-    TORCH_CHECK(written.insert(t.data_ptr()).second, op, ": ", what, "[", i,
-                "] shares memory with another parameter or momentum buffer of this step");
-  };
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
-    TORCH_CHECK(g.layout() == at::kStrided, op, ": grads[", i,
-                "] is sparse; FusedSGD does not support sparse gradients");
-    check_floating(op, "params[i]", p);
-    check_floating(op, "grads[i]", g);
-    TORCH_CHECK(p.sizes() == g.sizes(), op, ": params[", i, "] has shape ", p.sizes(),
-                " but grads[", i, "] has shape ", g.sizes());
-    check_same(op, "params[i]", p, g, "grads[i]");
+    const std::string pi = indexed("params", i), gi = indexed("grads", i);
+    TORCH_CHECK_TYPE(g.layout() == at::kStrided, op, ": ", gi,
+                     " is sparse; FusedSGD does not support sparse gradients");
+    check_floating(op, pi, p);
+    check_floating(op, gi, g);
+    TORCH_CHECK(p.sizes() == g.sizes(), op, ": ", pi, " has shape ", p.sizes(), " but ", gi,
+                " has shape ", g.sizes());
+    check_same(op, pi, p, g, gi);
     TORCH_CHECK(p.device() == params[0].device(), op, ": all params must be on one device, got ",
-                params[0].device(), " and ", p.device(), " (params[", i, "])");
-    check_unaliased(p, "params", i);
+                params[0].device(), " and ", p.device(), " (", pi, ")");
     if (momentum != 0) {
       const at::Tensor& b = momentum_buffers[i];
-      TORCH_CHECK(b.sizes() == p.sizes(), op, ": momentum_buffers[", i, "] has shape ", b.sizes(),
-                  " but params[", i, "] has shape ", p.sizes());
-      check_same(op, "momentum_buffers[i]", b, p, "params[i]");
-      check_unaliased(b, "momentum_buffers", i);
+      const std::string bi = indexed("momentum_buffers", i);
+      check_floating(op, bi, b);
+      TORCH_CHECK(b.sizes() == p.sizes(), op, ": ", bi, " has shape ", b.sizes(), " but ", pi,
+                  " has shape ", p.sizes());
+      check_same(op, bi, b, p, pi);
     }
   }
+  check_sgd_aliasing(op, params, grads, momentum != 0 ? momentum_buffers : at::TensorList());
   for (const OptionalTensor& t : {grad_scale, found_inf}) {
     if (!t.has_value() || params.empty()) continue;
     TORCH_CHECK(t->numel() == 1, op, ": grad_scale and found_inf must have one element, got shape ",

@@ -17,6 +17,16 @@ TORCH_LIBRARY(fused_linreg, m) {
   m.def(
       "linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor? relu_mask, "
       "bool[3] output_mask) -> (Tensor?, Tensor?, Tensor?)");
+  // Optimizer in backward: the weight and bias gradients of either forward are computed and
+  // immediately applied with torch.optim.SGD's update to weight and bias (in place), without
+  // materialising the weight gradient. grad_input is not computed here: call linear_backward
+  // for it first, while the weight still has its old value.
+  m.def(
+      "linear_backward_sgd_(Tensor grad_output, Tensor input, Tensor(a!) weight, "
+      "Tensor? relu_mask, Tensor(b!)? bias, Tensor(c!)? weight_momentum_buffer, "
+      "Tensor(d!)? bias_momentum_buffer, bool init_weight_momentum, bool init_bias_momentum, "
+      "float lr, float momentum, "
+      "float dampening, float weight_decay, bool nesterov, bool maximize) -> ()");
   // torch.optim.SGD's update over a list of parameters in one call. momentum_buffers is empty
   // when momentum == 0; init_momentum_buffers[i] marks a first step (buffer := gradient).
   // grad_scale / found_inf come from torch.amp.GradScaler: the gradients are divided by

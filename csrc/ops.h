@@ -19,6 +19,13 @@ void check_linear_args(const char* op, const at::Tensor& input, const at::Tensor
                        const OptionalTensor& bias);
 void check_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
                                 const at::Tensor& weight, const OptionalTensor& relu_mask);
+// Checks the in-backward SGD update: the linear backward's arguments, plus contiguous parameters
+// and momentum buffers of matching shape, dtype and device.
+void check_linear_backward_sgd_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                    const at::Tensor& weight, const OptionalTensor& relu_mask,
+                                    const OptionalTensor& bias,
+                                    const OptionalTensor& weight_momentum_buffer,
+                                    const OptionalTensor& bias_momentum_buffer, double momentum);
 // Checks list lengths, shapes, dtypes, devices, aliasing and sparsity of a multi-tensor SGD step.
 void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                     const c10::List<bool>& init_momentum_buffers, double momentum,
@@ -44,6 +51,29 @@ void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momen
                const c10::List<bool>& init_momentum_buffers, double lr, double momentum,
                double dampening, double weight_decay, bool nesterov, bool maximize,
                const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+void linear_backward_sgd_(const at::Tensor& grad_output, const at::Tensor& input,
+                          const at::Tensor& weight, const OptionalTensor& relu_mask,
+                          const OptionalTensor& bias, const OptionalTensor& weight_momentum_buffer,
+                          const OptionalTensor& bias_momentum_buffer, bool init_weight_momentum,
+                          bool init_bias_momentum,
+                          double lr, double momentum, double dampening, double weight_decay,
+                          bool nesterov, bool maximize);
 }  // namespace cpu
+
+// The same operators on CUDA tensors (csrc/cuda/; compiled only in CUDA builds).
+namespace cuda {
+at::Tensor linear_forward(const at::Tensor& input, const at::Tensor& weight,
+                          const OptionalTensor& bias);
+std::tuple<at::Tensor, at::Tensor> linear_relu_forward(const at::Tensor& input,
+                                                       const at::Tensor& weight,
+                                                       const OptionalTensor& bias);
+LinearGrads linear_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                            const at::Tensor& weight, const OptionalTensor& relu_mask,
+                            std::array<bool, 3> output_mask);
+void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+               const c10::List<bool>& init_momentum_buffers, double lr, double momentum,
+               double dampening, double weight_decay, bool nesterov, bool maximize,
+               const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+}  // namespace cuda
 
 }  // namespace fused_linreg

@@ -39,6 +39,13 @@ def _linear_backward_fake(grad_output, input, weight, relu_mask, output_mask):
     )
 
 
+@torch.library.register_fake("fused_linreg::linear_backward_sgd_")
+def _linear_backward_sgd_fake(grad_output, input, weight, relu_mask, bias, weight_momentum_buffer,
+                              bias_momentum_buffer, init_weight_momentum, init_bias_momentum, lr,
+                              momentum, dampening, weight_decay, nesterov, maximize):
+    return None
+
+
 @torch.library.register_fake("fused_linreg::sgd_step_")
 def _sgd_step_fake(params, grads, momentum_buffers, init_momentum_buffers, lr, momentum,
                    dampening, weight_decay, nesterov, maximize, grad_scale=None, found_inf=None):
@@ -101,7 +108,7 @@ if not _C.build_info()["cuda"]:
         )
         raise RuntimeError(cuda_missing_message(device))
 
-    for _name in ("linear_forward", "linear_relu_forward", "linear_backward", "sgd_step_"):
+    for _name in ("linear_forward", "linear_relu_forward", "linear_backward", "linear_backward_sgd_", "sgd_step_"):
         _cpu_only_lib.impl(_name, _no_cuda_kernels, "CUDA")
 
 

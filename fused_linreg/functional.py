@@ -4,6 +4,7 @@ from typing import Optional
 import torch
 
 from fused_linreg._ops import ops
+from fused_linreg.in_backward import LinearInBackwardSGD, controller_for
 
 __all__ = ["linear", "linear_relu"]
 
@@ -13,6 +14,9 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 
     >>> y = fused_linreg.functional.linear(x, layer.weight, layer.bias)  # same as F.linear
     """
+    controller = controller_for(weight)
+    if controller is not None:
+        return LinearInBackwardSGD.apply(input, weight, bias, False, controller)
     return ops.linear_forward(input, weight, bias)
 
 
@@ -21,4 +25,7 @@ def linear_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
 
     Only a 1-bit-per-element ReLU mask is kept for backward, not the output.
     """
+    controller = controller_for(weight)
+    if controller is not None:
+        return LinearInBackwardSGD.apply(input, weight, bias, True, controller)
     return ops.linear_relu_forward(input, weight, bias)[0]

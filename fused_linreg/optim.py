@@ -6,6 +6,7 @@ import torch
 from torch.optim.optimizer import ParamsT
 
 from fused_linreg import _ops
+from fused_linreg.in_backward import InBackwardSGD
 
 __all__ = ["FusedSGD"]
 
@@ -19,16 +20,28 @@ class FusedSGD(torch.optim.SGD):
     step, and a step with inf/NaN gradients changes nothing.
 
     >>> opt = fused_linreg.FusedSGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    ``in_backward=True`` updates the weight and bias of fused layers (FusedLinear,
+    FusedLinearReLU, fused_linreg.functional) inside ``loss.backward()``, as their gradients are
+    produced, without materialising the weight gradients; ``step()`` then updates the other
+    parameters. See fused_linreg.in_backward for the limits.
     """
 
     _step_supports_amp_scaling = True
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, in_backward: bool = False) -> None:
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                          foreach=False, differentiable=False, fused=False)
+        # Not a param-group default: the state_dict format stays torch.optim.SGD's.
+        self.in_backward = InBackwardSGD(self) if in_backward else None
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        if getattr(self, "in_backward", None) is not None:
+            self.in_backward.attach(self.param_groups[-1]["params"])
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
@@ -40,6 +53,8 @@ class FusedSGD(torch.optim.SGD):
         found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
             self._step_group(group, grad_scale, found_inf)
+        if self.in_backward is not None:
+            self.in_backward.reset()
         return loss
 
     def _step_group(self, group, grad_scale, found_inf):
@@ -49,6 +64,8 @@ class FusedSGD(torch.optim.SGD):
         for p in group["params"]:
             if p.grad is None:
                 continue
+            if self.in_backward is not None and self.in_backward.updated_since_step(p):
+                continue  # already stepped inside the backward
             if p.grad.is_sparse:
                 raise RuntimeError("FusedSGD does not support sparse gradients")
             params, grads, buffers, init = batches[p.device]

@@ -38,6 +38,27 @@ void forward_into(const at::Tensor& x, const at::Tensor& weight, const OptionalT
   });
 }
 
+// grad_weight [N, K] = G'^T @ x, G' = mask(grad_output); the bias gradient (row sums of G'^T) is
+// reduced while G' is packed. The caller sets the output (c / a_row_sums / sgd).
+template <typename T>
+GemmArgs<T> grad_weight_gemm(const at::Tensor& go, const at::Tensor& x, const BitMask& bits,
+                             int64_t N) {
+  GemmArgs<T> g;
+  g.M = N;
+  g.N = x.size(1);
+  g.K = x.size(0);
+  g.a = data_as<const T>(go);  // A(n, m) = G'[m, n]
+  g.a_rs = go.stride(1);
+  g.a_cs = go.stride(0);
+  g.a_mask = bits;
+  g.a_mask_transposed = true;
+  g.b = data_as<const T>(x);  // B(m, k) = x[m, k]
+  g.b_rs = x.stride(0);
+  g.b_cs = x.stride(1);
+  g.ldc = x.size(1);
+  return g;
+}
+
 // float16 runs through the float32 kernels: convert in, compute, convert out.
 bool is_half(const at::Tensor& t) { return t.scalar_type() == at::kHalf; }
 OptionalTensor to_float(const OptionalTensor& t) {
@@ -124,23 +145,11 @@ LinearGrads linear_backward(const at::Tensor& grad_output, const at::Tensor& inp
     if (output_mask[1] || output_mask[2]) {
       at::Tensor gw = output_mask[1] ? at::empty({N, K}, input.options()) : at::Tensor();
       at::Tensor bias_acc;
-      if (output_mask[2])
-        bias_acc = at::empty({N}, input.options().dtype(c10::CppTypeToScalarType<A>::value));
-      GemmArgs<T> g;
-      g.M = N;
-      g.N = output_mask[1] ? K : 0;
-      g.K = M;
-      g.a = data_as<const T>(go);  // A(n, m) = G'[m, n]
-      g.a_rs = go.stride(1);
-      g.a_cs = go.stride(0);
-      g.a_mask = bits;
-      g.a_mask_transposed = true;
+      if (output_mask[2]) bias_acc = at::empty({N}, input.options().dtype(scalar_type_of<A>()));
+      GemmArgs<T> g = grad_weight_gemm<T>(go, x, bits, N);
+      if (!output_mask[1]) g.N = 0;
       g.a_row_sums = output_mask[2] ? data_as<A>(bias_acc) : nullptr;
-      g.b = data_as<const T>(x);
-      g.b_rs = x.stride(0);
-      g.b_cs = x.stride(1);
       g.c = output_mask[1] ? data_as<T>(gw) : nullptr;
-      g.ldc = K;
       kernels.gemm(g);
       if (output_mask[1]) grad_weight = gw;
       if (output_mask[2]) grad_bias = bias_acc.to(input.scalar_type());
@@ -149,9 +158,58 @@ LinearGrads linear_backward(const at::Tensor& grad_output, const at::Tensor& inp
   return {grad_input, grad_weight, grad_bias};
 }
 
+void linear_backward_sgd_(const at::Tensor& grad_output, const at::Tensor& input,
+                          const at::Tensor& weight, const OptionalTensor& relu_mask,
+                          const OptionalTensor& bias, const OptionalTensor& weight_momentum_buffer,
+                          const OptionalTensor& bias_momentum_buffer, bool init_weight_momentum,
+                          bool init_bias_momentum,
+                          double lr, double momentum, double dampening, double weight_decay,
+                          bool nesterov, bool maximize) {
+  check_linear_backward_sgd_args(grad_output, input, weight, relu_mask, bias,
+                                 weight_momentum_buffer, bias_momentum_buffer, momentum);
+  TORCH_CHECK_TYPE(!is_half(input), "fused_linreg.linear_backward_sgd_: float16 is not supported on CPU");
+  const at::Tensor go = as_rows(grad_output);
+  const at::Tensor x = as_rows(input);
+  const at::Tensor mask = relu_mask.has_value() ? as_rows(*relu_mask) : at::Tensor();
+  const int64_t N = weight.size(0);
+  const SgdOptions options{lr, momentum, dampening, weight_decay, nesterov, maximize};
+
+  dispatch_dtype(input.scalar_type(), "fused_linreg.linear_backward_sgd_", [&](auto tag) {
+    using T = decltype(tag);
+    using A = acc_t<T>;
+    const TypedKernels<T>& kernels = active_kernels().get<T>();
+    // The weight gradient never exists as a tensor: each finished tile of it updates the weight.
+    GemmArgs<T> g = grad_weight_gemm<T>(go, x, mask.defined() ? bitmask(mask, mask.size(1)) : BitMask{}, N);
+    at::Tensor bias_grad_acc;
+    if (bias.has_value()) {
+      bias_grad_acc = at::empty({N}, input.options().dtype(scalar_type_of<A>()));
+      g.a_row_sums = data_as<A>(bias_grad_acc);
+    }
+    g.sgd.param = data_as<T>(weight);
+    g.sgd.momentum_buffer = momentum != 0 ? data_as<T>(*weight_momentum_buffer) : nullptr;
+    g.sgd.init_momentum_buffer = init_weight_momentum;
+    g.sgd.lr = lr;
+    g.sgd.momentum = momentum;
+    g.sgd.dampening = dampening;
+    g.sgd.weight_decay = weight_decay;
+    g.sgd.nesterov = nesterov;
+    g.sgd.maximize = maximize;
+    kernels.gemm(g);
+    if (bias.has_value()) {
+      // The bias gradient is a vector: rounded to the bias dtype, then one SGD step.
+      const at::Tensor bias_grad = bias_grad_acc.to(bias->scalar_type());
+      const SgdTensor<T> t{data_as<T>(*bias), data_as<const T>(bias_grad),
+                           momentum != 0 ? data_as<T>(*bias_momentum_buffer) : nullptr, N,
+                           momentum != 0 && init_bias_momentum};
+      kernels.sgd(&t, 1, options, 1.0);
+    }
+  });
+}
+
 }  // namespace fused_linreg::cpu
 
 TORCH_LIBRARY_IMPL(fused_linreg, CPU, m) {
+  m.impl("linear_backward_sgd_", &fused_linreg::cpu::linear_backward_sgd_);
   m.impl("linear_forward", &fused_linreg::cpu::linear_forward);
   m.impl("linear_relu_forward", &fused_linreg::cpu::linear_relu_forward);
   m.impl("linear_backward", &fused_linreg::cpu::linear_backward);
