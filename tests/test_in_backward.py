@@ -99,7 +99,7 @@ def test_gradient_accumulation_is_an_error():
 
 def test_two_forwards_before_backward_is_an_error():
     model = mlp(4, True)
-    FusedSGD(model.parameters(), lr=0.1, in_backward=True)
+    opt = FusedSGD(model.parameters(), lr=0.1, in_backward=True)  # noqa: F841 (kept alive)
     x = torch.randn(8, 13, dtype=torch.float64)
     out = model(x)
     with pytest.raises(RuntimeError, match="second forward"):
@@ -111,7 +111,7 @@ def test_two_forwards_before_backward_is_an_error():
 
 def test_shared_weight_is_an_error():
     layer = FusedLinearReLU(6, 6).double()
-    FusedSGD(layer.parameters(), lr=0.1, in_backward=True)
+    opt = FusedSGD(layer.parameters(), lr=0.1, in_backward=True)  # noqa: F841 (kept alive)
     x = torch.randn(4, 6, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="second forward"):
         layer(layer(x))
@@ -134,6 +134,8 @@ def test_weight_gradient_never_materialised():
     layer = FusedLinearReLU(64, 96)
     opt = FusedSGD(layer.parameters(), lr=0.1, momentum=0.9, in_backward=True)
     x = torch.randn(32, 64, requires_grad=True)
+    layer(x).sum().backward()  # the first step creates the momentum buffers
+    opt.step()
     out = layer(x)
     created = []
 
