@@ -104,11 +104,16 @@ def main(argv=None):
     except (ValueError, ImportError) as e:
         parser.error(str(e))
     memory = memory or args.memory
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        parser.error(f"--device {args.device}: {e}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available in this torch ({torch.__version__})")
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device {args.device}: cpu or cuda")
+    if args.reps is not None and args.reps < 1:
+        parser.error("--reps must be >= 1")
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
@@ -134,6 +139,8 @@ def main(argv=None):
     if args.quick:
         notes.append("--quick: tiny shapes and few repetitions; the numbers mean nothing")
     info = sysinfo.collect(device, dtype)
+    if warning := sysinfo.load_warning(info):
+        notes.append(warning)
     print(report.format_header(info, peak, notes), flush=True)
 
     speed = _run_speed(selected, setup, peak.get("gflops") if peak else None, reps, warmup_s, sample_s)

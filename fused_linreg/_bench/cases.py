@@ -92,7 +92,7 @@ _QUICK = {
     "gemm": [GemmCase(256)],
 }
 _MEMORY = MemoryConfig(batch=256, width=4096, depth=8, steps=3)
-_MEMORY_QUICK = MemoryConfig(batch=32, width=128, depth=3, steps=2)
+_MEMORY_QUICK = MemoryConfig(batch=64, width=512, depth=3, steps=2)
 GROUPS = ("layer", "mlp", "gemm")
 
 

@@ -7,7 +7,7 @@ import torch
 
 import fused_linreg
 
-__all__ = ["cpu_model", "collect"]
+__all__ = ["cpu_model", "collect", "load_warning"]
 
 
 def cpu_model() -> str:
@@ -31,6 +31,7 @@ def collect(device: torch.device, dtype: torch.dtype) -> dict:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
     }
@@ -38,3 +39,12 @@ def collect(device: torch.device, dtype: torch.dtype) -> dict:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def load_warning(info) -> str:
+    """A note when other processes were busy as the run began, else ''."""
+    load, cpus = info.get("load_average_1min"), info.get("cpu_count") or 1
+    if load is None or load < 0.5 * cpus:
+        return ""
+    return (f"load average {load:.2f} on {cpus} CPUs as the run began: other processes compete, "
+            "so the timings are noisy (multi-threaded ops may stall at OpenMP barriers)")
