@@ -4,6 +4,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from fused_linreg import _checks
 from fused_linreg._build_check import cuda_missing_message, load_extension
 
 _C = load_extension()
@@ -15,16 +16,19 @@ def relu_mask_row_bytes(out_features: int) -> int:
     return (out_features + 31) // 32 * 4
 
 
-# ---- fake kernels: shapes and dtypes only, for torch.compile and meta tensors -----------------
+# ---- fake kernels: shapes and dtypes, for torch.compile and meta tensors. They check their -----
+# ---- arguments as the real kernels do (fused_linreg/_checks.py) -------------------------------
 
 
 @torch.library.register_fake("fused_linreg::linear_forward")
 def _linear_forward_fake(input, weight, bias):
+    _checks.linear_args("fused_linreg.linear_forward", input, weight, bias)
     return input.new_empty((*input.shape[:-1], weight.shape[0]))
 
 
 @torch.library.register_fake("fused_linreg::linear_relu_forward")
 def _linear_relu_forward_fake(input, weight, bias):
+    _checks.linear_args("fused_linreg.linear_relu_forward", input, weight, bias)
     out = input.new_empty((*input.shape[:-1], weight.shape[0]))
     mask = input.new_empty((*input.shape[:-1], relu_mask_row_bytes(weight.shape[0])), dtype=torch.uint8)
     return out, mask
@@ -32,6 +36,7 @@ def _linear_relu_forward_fake(input, weight, bias):
 
 @torch.library.register_fake("fused_linreg::linear_backward")
 def _linear_backward_fake(grad_output, input, weight, relu_mask, output_mask):
+    _checks.linear_backward_args(grad_output, input, weight, relu_mask)
     return (
         torch.empty_like(input, memory_format=torch.contiguous_format) if output_mask[0] else None,
         torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else None,
@@ -49,6 +54,8 @@ def _linear_backward_sgd_fake(grad_output, input, weight, relu_mask, bias, weigh
 @torch.library.register_fake("fused_linreg::sgd_step_")
 def _sgd_step_fake(params, grads, momentum_buffers, init_momentum_buffers, lr, momentum,
                    dampening, weight_decay, nesterov, maximize, grad_scale=None, found_inf=None):
+    _checks.sgd_args(params, grads, momentum_buffers, init_momentum_buffers, momentum, grad_scale,
+                     found_inf)
     return None
 
 
@@ -110,6 +117,14 @@ if not _C.build_info()["cuda"]:
 
     for _name in ("linear_forward", "linear_relu_forward", "linear_backward", "linear_backward_sgd_", "sgd_step_"):
         _cpu_only_lib.impl(_name, _no_cuda_kernels, "CUDA")
+
+
+# ---- a clear error naming the argument for sparse tensors (instead of a dispatcher message) -----
+
+_dense_only_lib = torch.library.Library("fused_linreg", "IMPL")
+for _name in ("linear_forward", "linear_relu_forward", "linear_backward", "sgd_step_"):
+    for _key in ("SparseCPU", "SparseCUDA", "SparseCsrCPU", "SparseCsrCUDA"):
+        _dense_only_lib.impl(_name, _checks.not_dense(_name), _key)
 
 
 def sgd_step_(

@@ -1,0 +1,129 @@
+"""Argument checks for the fake (meta) kernels: the same rules and messages as csrc/checks.cpp,
+so that meta tensors, mixed meta/real devices and torch.compile tracing reject what the real
+kernels reject instead of returning a tensor of a made-up shape."""
+import torch
+
+_FLOATING = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_MAX_BYTES = 2 ** 63 - 1
+
+
+def _floating(op, name, t):
+    torch._check_type(t.dtype in _FLOATING,
+                      lambda: f"{op}: {name} must be float32, float64, bfloat16 or float16, got {t.dtype}")
+    torch._check(t.layout == torch.strided, lambda: f"{op}: {name} must be a dense tensor, got layout {t.layout}")
+
+
+def _same(op, name, t, ref, ref_name):
+    torch._check_type(t.dtype == ref.dtype, lambda: f"{op}: expected {name} and {ref_name} to have the "
+                      f"same dtype, got {t.dtype} and {ref.dtype}")
+    torch._check(t.device == ref.device, lambda: f"{op}: expected {name} and {ref_name} on the same "
+                 f"device, got {t.device} and {ref.device}")
+
+
+def _concrete(*sizes):
+    return all(isinstance(s, int) for s in sizes)
+
+
+def linear_args(op, input, weight, bias):
+    _floating(op, "input", input)
+    _floating(op, "weight", weight)
+    torch._check(input.dim() >= 1, lambda: f"{op}: input must have at least 1 dimension, got a 0-d tensor")
+    torch._check(weight.dim() == 2, lambda: f"{op}: weight must be 2-D [out_features, in_features], got "
+                 f"shape {list(weight.shape)}")
+    torch._check(input.shape[-1] == weight.shape[1], lambda: (
+        f"{op}: input's last dimension (shape {list(input.shape)}) must equal weight's in_features "
+        f"(shape {list(weight.shape)}): {input.shape[-1]} != {weight.shape[1]}"))
+    _same(op, "input", input, weight, "weight")
+    out_shape = (*input.shape[:-1], weight.shape[0])
+    if _concrete(*out_shape):
+        n = input.element_size()
+        for s in out_shape:
+            n *= s
+        torch._check(n <= _MAX_BYTES, lambda: (
+            f"{op}: the output for input of shape {list(input.shape)} and weight of shape "
+            f"{list(weight.shape)} would have more than 2^63 bytes"))
+    if bias is not None:
+        _floating(op, "bias", bias)
+        torch._check(bias.dim() == 1 and bias.shape[0] == weight.shape[0], lambda: (
+            f"{op}: bias must have shape [out_features] = [{weight.shape[0]}], got {list(bias.shape)}"))
+        _same(op, "bias", bias, weight, "weight")
+
+
+def linear_backward_args(grad_output, input, weight, relu_mask):
+    op = "fused_linreg.linear_backward"
+    linear_args(op, input, weight, None)
+    _floating(op, "grad_output", grad_output)
+    _same(op, "grad_output", grad_output, input, "input")
+    expected = [*input.shape[:-1], weight.shape[0]]
+    torch._check(list(grad_output.shape) == expected, lambda: (
+        f"{op}: grad_output must have shape {expected} (input {list(input.shape)}, weight "
+        f"{list(weight.shape)}), got {list(grad_output.shape)}"))
+    if relu_mask is not None:
+        mask_shape = [*input.shape[:-1], (weight.shape[0] + 31) // 32 * 4]
+        torch._check_type(relu_mask.dtype == torch.uint8,
+                          lambda: f"{op}: relu_mask must be uint8, got {relu_mask.dtype}")
+        torch._check(list(relu_mask.shape) == mask_shape, lambda: (
+            f"{op}: relu_mask must have shape {mask_shape}, got {list(relu_mask.shape)}"))
+        torch._check(relu_mask.device == input.device, lambda: (
+            f"{op}: relu_mask must be on the input's device {input.device}, got {relu_mask.device}"))
+
+
+def sgd_args(params, grads, momentum_buffers, init_momentum_buffers, momentum, grad_scale, found_inf):
+    op = "fused_linreg.sgd_step_"
+    torch._check(len(grads) == len(params), lambda: f"{op}: got {len(params)} params but {len(grads)} grads")
+    if momentum != 0:
+        torch._check(len(momentum_buffers) == len(params), lambda: (
+            f"{op}: momentum={momentum} needs one momentum buffer per param: got {len(params)} params "
+            f"and {len(momentum_buffers)} momentum_buffers"))
+        torch._check(len(init_momentum_buffers) == len(params), lambda: (
+            f"{op}: got {len(params)} params but {len(init_momentum_buffers)} init_momentum_buffers flags"))
+    for i, (p, g) in enumerate(zip(params, grads)):
+        torch._check_type(g.layout == torch.strided,
+                          lambda: f"{op}: grads[{i}] is sparse; FusedSGD does not support sparse gradients")
+        _floating(op, f"params[{i}]", p)
+        _floating(op, f"grads[{i}]", g)
+        torch._check(p.shape == g.shape, lambda: (
+            f"{op}: params[{i}] has shape {list(p.shape)} but grads[{i}] has shape {list(g.shape)}"))
+        _same(op, f"params[{i}]", p, g, f"grads[{i}]")
+        torch._check(p.device == params[0].device, lambda: (
+            f"{op}: all params must be on one device, got {params[0].device} and {p.device} (params[{i}])"))
+        if momentum != 0:
+            b = momentum_buffers[i]
+            _floating(op, f"momentum_buffers[{i}]", b)
+            torch._check(b.shape == p.shape, lambda: (
+                f"{op}: momentum_buffers[{i}] has shape {list(b.shape)} but params[{i}] has shape "
+                f"{list(p.shape)}"))
+            _same(op, f"momentum_buffers[{i}]", b, p, f"params[{i}]")
+    for t in (grad_scale, found_inf):
+        if t is None or not params:
+            continue
+        torch._check(t.numel() == 1, lambda: (
+            f"{op}: grad_scale and found_inf must have one element, got shape {list(t.shape)}"))
+        torch._check(t.device == params[0].device, lambda: (
+            f"{op}: grad_scale and found_inf must be on the params' device {params[0].device}, got {t.device}"))
+
+
+# Argument names of each operator, for naming the sparse one.
+_ARGUMENTS = {
+    "linear_forward": ("input", "weight", "bias"),
+    "linear_relu_forward": ("input", "weight", "bias"),
+    "linear_backward": ("grad_output", "input", "weight", "relu_mask"),
+    "sgd_step_": ("params", "grads", "momentum_buffers"),
+}
+
+
+def not_dense(op_name):
+    """A kernel for the sparse dispatch keys: a TypeError that names the sparse argument."""
+    def kernel(*args, **kwargs):
+        for name, value in zip(_ARGUMENTS[op_name], args):
+            items = value if isinstance(value, (list, tuple)) else [value]
+            for i, t in enumerate(items):
+                if isinstance(t, torch.Tensor) and t.layout != torch.strided:
+                    where = f"{name}[{i}]" if isinstance(value, (list, tuple)) else name
+                    if op_name == "sgd_step_" and name == "grads":
+                        raise TypeError(f"fused_linreg.{op_name}: {where} is sparse; FusedSGD does not "
+                                        "support sparse gradients")
+                    raise TypeError(f"fused_linreg.{op_name}: {where} must be a dense tensor, got "
+                                    f"layout {t.layout}")
+        raise TypeError(f"fused_linreg.{op_name}: every tensor argument must be dense (strided)")
+    return kernel
