@@ -86,7 +86,8 @@ def _run_speed(selected, setup, peak_gflops, reps, warmup_s, sample_s):
             report.add_speedups(group)
             rows += group
             del built, results
-            torch._dynamo.reset()  # frees the compiled graphs of this case
+            if compile_s:
+                torch._dynamo.reset()  # frees the compiled graphs of this case
     return rows
 
 

@@ -83,7 +83,8 @@ def format_header(info, peak, notes):
         if "error" in peak:
             lines.append(f"FMA peak: unavailable: {peak['error']}")
         else:
-            lines.append(f"FMA peak ({peak['dtype']}, {peak['isa']}, {peak['threads']} threads, measured): "
+            threads = f"{peak['threads']} thread" + ("s" if peak["threads"] != 1 else "")
+            lines.append(f"FMA peak ({peak['dtype']}, {peak['isa']}, {threads}, measured): "
                          f"{peak['gflops']:.1f} GFLOP/s")
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
