@@ -207,13 +207,14 @@ double measure_fma_peak_gflops(const std::string& dtype, const std::string& isa,
   if (!(seconds > 0)) throw std::invalid_argument("measure_fma_peak_gflops: seconds must be > 0");
   const int threads = std::max(1, std::min(at::get_num_threads(), usable_cpus()));
   std::vector<double> cpu(threads), best_cpu(threads, HUGE_VAL);
-  // Grow the run until one takes an eighth of the budget, then keep each thread's best of the
-  // runs that fit in the rest (at least 3).
+  // Grow the run until every thread computes for an eighth of the budget (in CPU time: waiting
+  // to be scheduled does not count, so runs never stay so short that the start-up of wide
+  // vector units weighs), then keep each thread's best of the runs that fit in the rest (>= 3).
   int64_t iters = 1024;
-  double wall = run_all_threads(k, iters, cpu);
-  while (wall < seconds / 8 && iters < (int64_t{1} << 40)) {
+  run_all_threads(k, iters, cpu);
+  while (*std::min_element(cpu.begin(), cpu.end()) < seconds / 8 && iters < (int64_t{1} << 40)) {
     iters *= 2;
-    wall = run_all_threads(k, iters, cpu);
+    run_all_threads(k, iters, cpu);
   }
   double spent = 0;
   for (int run = 0; run < 3 || spent < seconds; ++run) {
