@@ -216,3 +216,30 @@ def test_grad_scaler_cuda(dtype):
                           device="cuda", dtype=dtype, poison=(2,))
     tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
     assert_histories_close(got, expected, **tol)
+
+
+def test_in_backward_sgd_under_autocast_trains_like_nn_linear():
+    """FusedSGD(in_backward=True) under CPU bfloat16 autocast: the same losses and parameters as
+    nn.Linear + torch.optim.SGD under the same autocast (to bfloat16 rounding)."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    fused = fused_linreg.fuse(ref)
+    x, y = torch.randn(32, 8), torch.randn(32, 1)
+    runs = []
+    for model, opt in ((ref, torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)),
+                       (fused, FusedSGD(fused.parameters(), lr=0.1, momentum=0.9, in_backward=True))):
+        losses = []
+        for _ in range(3):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x)
+                assert out.dtype == torch.bfloat16
+                loss = nn.functional.mse_loss(out.float(), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        runs.append(losses)
+    torch.testing.assert_close(torch.tensor(runs[1]), torch.tensor(runs[0]), rtol=2e-2, atol=1e-3)
+    for p, q in zip(fused.parameters(), ref.parameters()):
+        assert p.dtype == torch.float32
+        torch.testing.assert_close(p, q, rtol=2e-2, atol=2e-2)
