@@ -54,8 +54,10 @@ def extension(with_cuda):
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     defines = [f'-DFUSED_LINREG_TORCH_VERSION="{torch.__version__}"']
     # -g0: no debug info, so rebuilds and links stay quick. -ffp-contract=fast: a * b + c is one
-    # FMA in the kernels, as in ATen's vectorized code.
-    cxx = ["-O3", "-g0", "-ffp-contract=fast", "-fno-math-errno", *defines]
+    # FMA in the kernels, as in ATen's vectorized code. -fopenmp: at::parallel_for is an inline
+    # OpenMP loop, serial without it; only compiled in, not linked, so that its GOMP_* calls bind
+    # to the OpenMP runtime torch already loaded (one thread pool, set by torch.set_num_threads).
+    cxx = ["-O3", "-g0", "-ffp-contract=fast", "-fno-math-errno", "-fopenmp", *defines]
     link = []
     if os.environ.get("FUSED_LINREG_SANITIZE") == "1":  # the sanitizer build that CI tests
         cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]

@@ -274,6 +274,7 @@ void pack_panels(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb
       for (int64_t k = 0; k < k_transposed; k += W) {
         V block[W];
         for (int l = 0; l < W; ++l) {
+          if (l < n && k + 4 * W < kb) __builtin_prefetch(src + (lane + l) * ls + k + 4 * W);
           block[l] = l < n ? Ops::load(src + (lane + l) * ls + k, W) : V{};
           if (pm && l < n) block[l] = Ops::select(block[l], pm->lane_bits(lane + l, k, W));
         }
@@ -294,6 +295,8 @@ void pack_panels(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb
         const int width = P - g0 < W ? P - g0 : W;
         const int n = int(min64(width, max64(0, lanes - lane)));
         const T* s = src + lane * ls + k * ks;
+        // Rows a page or more apart defeat the hardware prefetcher: ask for the row 8 steps on.
+        if (ls == 1 && k + 8 < kb) __builtin_prefetch(s + 8 * ks);
         V v = ls == 1 ? Ops::load(s, n) : Ops::load_strided(s, ls, n);
         if (pm && n > 0) v = Ops::select(v, pm->step_bits(lane, k, n));
         std::memcpy(dst + p * P * kb + k * P + g0, &v, width * sizeof(A));
