@@ -143,6 +143,15 @@ OTHER_CASES = {
                             [r"momentum_buffers\[0\]", r"expanded|share"]),
     "sgd_grad_scale_numel": ("sgd([p], [g1], grad_scale=torch.ones(2))", "RuntimeError", [r"grad_scale", r"one element"]),
     "sgd_found_inf_meta": ("sgd([p], [g1], found_inf=meta(1))", "RuntimeError", [r"found_inf", r"device"]),
+    # A dot product too long to pack (2^40 logical elements, no memory): an error that says so,
+    # and the process stays usable (the kernels' per-thread buffers must not be left broken).
+    "huge_K_expanded": ("big = torch.ones(1, 1).expand(1, 2 ** 40); fl.functional.linear(big, big)",
+                        "RuntimeError|MemoryError", [r"input|weight|in_features|K"]),
+    "usable_after_huge_K_failure": (
+        "big = torch.ones(1, 1).expand(1, 2 ** 40)\n"
+        "try:\n    fl.functional.linear(big, big)\nexcept Exception:\n    pass\n"
+        "assert fl.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).sum().item() == 24\n"
+        "raise ValueError('still usable')", "ValueError", [r"still usable"]),
     # FusedSGD and the other public functions
     "FusedSGD_duplicate_params": ("warnings.simplefilter('ignore'); p.grad = g1; "
                                   "fl.FusedSGD([p, p], lr=0.1).step()", "RuntimeError",

@@ -95,6 +95,23 @@ def test_rounding_continuous_data(shape, dtype, op):
     assert_close(gb, rgb, dtype, scale=gscale.sum(0), terms=M, msg="grad_bias")
 
 
+@pytest.mark.parametrize("output_mask", [(False, False, True), (False, True, True)],
+                         ids=["bias_only", "weight_and_bias"])
+def test_bias_grad_over_more_than_2_24_rows(output_mask):
+    """grad_bias sums 2^24 + 2^20 rows of ones: a float32 running sum that adds one row at a
+    time stops growing at 2^24; PyTorch's sum does not."""
+    rows = 2 ** 24 + 2 ** 20
+    go = torch.ones(rows, 1)
+    x = torch.ones(1, 1).expand(rows, 1)
+    w = torch.ones(1, 1)
+    _, gw, gb = OPS.linear_backward(go, x, w, None, list(output_mask))
+    expected = go.sum(0)
+    assert expected.item() == rows
+    assert_close(gb, expected, torch.float32, terms=rows, msg="grad_bias")
+    if gw is not None:
+        assert_close(gw, expected.view(1, 1), torch.float32, terms=rows, msg="grad_weight")
+
+
 # ---- layouts -------------------------------------------------------------------------------------
 
 M, N, K = 13, 37, 21
