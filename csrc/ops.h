@@ -74,6 +74,12 @@ void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momen
                const c10::List<bool>& init_momentum_buffers, double lr, double momentum,
                double dampening, double weight_decay, bool nesterov, bool maximize,
                const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+void linear_backward_sgd_(const at::Tensor& grad_output, const at::Tensor& input,
+                          const at::Tensor& weight, const OptionalTensor& relu_mask,
+                          const OptionalTensor& bias, const OptionalTensor& weight_momentum_buffer,
+                          const OptionalTensor& bias_momentum_buffer, bool init_weight_momentum,
+                          bool init_bias_momentum, double lr, double momentum, double dampening,
+                          double weight_decay, bool nesterov, bool maximize);
 }  // namespace cuda
 
 }  // namespace fused_linreg

@@ -1,0 +1,608 @@
+// The GEMM core of the CUDA kernels (gemm.h says what it computes), written once and explicitly
+// instantiated per dtype and math mode in gemm_<dtype>_<mode>.cu, so that nvcc compiles the
+// variants in parallel.
+//
+// Structure. A 1-D grid of kBlockM x kBlockN output tiles (grouped along M so that neighbouring
+// blocks share operand tiles in L2), times a split of K when there are too few tiles to fill the
+// GPU. Each block streams kBlockK-deep tiles of A and B through a kStages-deep cp.async pipeline
+// in shared memory. When a tile of A has landed, the prologue applies the ReLU mask to it in
+// place and adds its rows into the bias-gradient sums; then the math (tensor-core WMMA or SIMT
+// FMA) multiplies the staged pair. When K is done, the accumulators go through shared memory so
+// that the epilogue walks whole rows: one warp per 32 columns of a row, coalesced stores, and
+// one __ballot_sync per 32 outputs gives a word of the ReLU bitmask. Split-K blocks instead
+// write fp32 (fp64) partials, which a second kernel sums in slice order (fixed, so the result
+// is the same bits every run) before the same epilogue.
+//
+// Tails: every global access is bounds-checked against M, N and K; what lies outside a tile's
+// range is staged as zeros, so the math never needs to know about tails.
+#pragma once
+#include <c10/cuda/CUDAException.h>
+#include <mma.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/cp_async.cuh"
+#include "cuda/gemm.h"
+#include "cuda/numeric.cuh"
+#include "cuda/sgd_math.cuh"
+
+namespace fused_linreg::cuda {
+
+// ---------------------------------------------------------------------------------------------
+// Operand tiles in shared memory
+
+// Which dimension of an operand has unit stride: K (A row-major and B column-major, as x and W
+// are in the forward) or M / N (the transposed views the backward reads).
+enum class Layout { kKMajor, kMNMajor };
+
+// A kMN x kK tile of an operand (A: m x k, B: n x k), stored as it lies in global memory: one
+// smem row per step of the strided dimension, each a run of elements that are contiguous in
+// global memory, padded by 16 bytes so that consecutive rows start in different banks.
+template <typename T, Layout kLayout, int kMN, int kK> struct OperandTile {
+  static constexpr int kRows = kLayout == Layout::kKMajor ? kMN : kK;
+  static constexpr int kCols = kLayout == Layout::kKMajor ? kK : kMN;
+  static constexpr int kPitch = kCols + 16 / int(sizeof(T));
+  static constexpr int kElements = kRows * kPitch;
+  // WMMA fragments need 32-byte aligned addresses: keep every tile in the stage buffer aligned.
+  static_assert(kElements * sizeof(T) % 128 == 0, "tiles must keep 128-byte alignment");
+
+  __device__ static int offset(int mn, int k) {
+    return kLayout == Layout::kKMajor ? mn * kPitch + k : k * kPitch + mn;
+  }
+};
+
+// Where a tile comes from: tile element (r, c) is src[(row0 + r) * ld + col0 + c], present when
+// row0 + r < rows and col0 + c < cols; absent elements are staged as zeros.
+template <typename T> struct TileSource {
+  const T* src;
+  int64_t ld;
+  int64_t row0, rows;
+  int64_t col0, cols;
+  bool vectorized;  // src and ld keep every row 16-byte aligned: whole-chunk copies
+};
+
+// Issues the copies of one tile into shared memory (asynchronous except for the rare 2-byte
+// unaligned case, which goes through registers). The caller commits and waits.
+template <class Tile, int kThreads, typename T>
+__device__ __forceinline__ void stage_tile(T* dst, const TileSource<T>& s) {
+  if (s.vectorized) {
+    constexpr int kVec = 16 / int(sizeof(T));
+    constexpr int kChunksPerRow = Tile::kCols / kVec;
+    constexpr int kChunks = Tile::kRows * kChunksPerRow;
+    static_assert(Tile::kCols % kVec == 0 && kChunks % kThreads == 0,
+                  "tiles must be whole 16-byte chunks, the same number for every thread");
+#pragma unroll
+    for (int j = 0; j < kChunks / kThreads; ++j) {
+      const int i = threadIdx.x + j * kThreads;
+      const int r = i / kChunksPerRow, c = (i % kChunksPerRow) * kVec;
+      const int64_t row = s.row0 + r, col = s.col0 + c;
+      const int64_t in_row = std::min<int64_t>(std::max<int64_t>(s.cols - col, 0), kVec);
+      const int64_t valid = row < s.rows ? in_row : 0;
+      const T* src = valid > 0 ? s.src + row * s.ld + col : s.src;
+      cp_async_16(dst + r * Tile::kPitch + c, src, int(valid * int64_t(sizeof(T))));
+    }
+  } else {
+    constexpr int kCount = Tile::kRows * Tile::kCols;
+    for (int i = threadIdx.x; i < kCount; i += kThreads) {
+      const int r = i / Tile::kCols, c = i % Tile::kCols;
+      const int64_t row = s.row0 + r, col = s.col0 + c;
+      const bool valid = row < s.rows && col < s.cols;
+      const T* src = valid ? s.src + row * s.ld + col : s.src;
+      T* out = dst + r * Tile::kPitch + c;
+      if constexpr (sizeof(T) >= 4) {
+        cp_async_element<int(sizeof(T))>(out, src, valid);
+      } else {  // cp.async has no 2-byte form
+        *reinterpret_cast<uint16_t*>(out) = valid ? *reinterpret_cast<const uint16_t*>(src) : 0;
+      }
+    }
+  }
+}
+
+// The tile of A at (m0, k0) and of B at (n0, k0), in the tile's own row/column terms.
+template <Layout kLayout, typename T>
+__device__ __forceinline__ TileSource<T> a_source(const GemmArgs<T>& g, int64_t m0, int64_t k0,
+                                                  bool vectorized) {
+  if constexpr (kLayout == Layout::kKMajor) return {g.a, g.a_rs, m0, g.M, k0, g.K, vectorized};
+  else return {g.a, g.a_cs, k0, g.K, m0, g.M, vectorized};
+}
+template <Layout kLayout, typename T>
+__device__ __forceinline__ TileSource<T> b_source(const GemmArgs<T>& g, int64_t n0, int64_t k0,
+                                                  bool vectorized) {
+  if constexpr (kLayout == Layout::kKMajor) return {g.b, g.b_cs, n0, g.N, k0, g.K, vectorized};
+  else return {g.b, g.b_rs, k0, g.K, n0, g.N, vectorized};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prologue on a staged tile of A: ReLU mask and bias-gradient row sums
+
+// Applies the ReLU mask in place to the staged tile of A at (m0, k0). One 32-bit mask word
+// covers 32 consecutive k of a row of A (or, transposed, 32 consecutive m of a column), so each
+// thread fetches one word and selects with it. A select, not a multiply: a NaN or inf gradient
+// where the ReLU was off becomes 0. Words wholly outside M or K are skipped (their elements are
+// zeros already, and the word itself may lie past the end of the mask).
+template <class Tile, int kBlockM, int kBlockK, int kThreads, typename T>
+__device__ __forceinline__ void apply_relu_mask(T* tile, const GemmArgs<T>& g, int64_t m0,
+                                                int64_t k0) {
+  static_assert(kBlockM % 32 == 0 && kBlockK % 32 == 0, "mask words must not straddle tiles");
+  constexpr int kWords = kBlockM * kBlockK / 32;
+  for (int w = threadIdx.x; w < kWords; w += kThreads) {
+    int m, k;
+    int64_t mask_row, mask_word;
+    if (!g.a_mask_transposed) {  // bit (m, k): the word runs along k
+      m = w / (kBlockK / 32);
+      k = w % (kBlockK / 32) * 32;
+      if (m0 + m >= g.M || k0 + k >= g.K) continue;
+      mask_row = m0 + m;
+      mask_word = (k0 + k) / 32;
+    } else {  // bit (k, m): the word runs along m
+      k = w / (kBlockM / 32);
+      m = w % (kBlockM / 32) * 32;
+      if (k0 + k >= g.K || m0 + m >= g.M) continue;
+      mask_row = k0 + k;
+      mask_word = (m0 + m) / 32;
+    }
+    const uint32_t bits = g.a_mask[mask_row * g.a_mask_row_words + mask_word];
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      if ((bits >> j) & 1u) continue;
+      const int offset = g.a_mask_transposed ? Tile::offset(m + j, k) : Tile::offset(m, k + j);
+      tile[offset] = T{};
+    }
+  }
+}
+
+// Sum of row `m` of the staged (masked) tile of A, in a fixed order.
+template <class Tile, int kBlockK, typename T>
+__device__ __forceinline__ acc_t<T> tile_row_sum(const T* tile, int m) {
+  acc_t<T> sum = 0;
+#pragma unroll 8
+  for (int k = 0; k < kBlockK; ++k) sum += to_acc(tile[Tile::offset(m, k)]);
+  return sum;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Math: multiplies one staged pair of tiles into per-thread accumulators, then stores them as a
+// row-major tile in shared memory for the epilogue. Both variants share that interface.
+
+namespace wmma = nvcuda::wmma;
+
+// WMMA input type and K step per element type: 16-bit types natively, float as TF32.
+template <typename T> struct WmmaInput {
+  using type = T;
+  static constexpr int kStep = 16;
+};
+template <> struct WmmaInput<float> {
+  using type = wmma::precision::tf32;
+  static constexpr int kStep = 8;
+};
+
+// A tile element (mn, k) lies at mn * pitch + k (K-major) or k * pitch + mn: for A (m x k) that
+// is row- / column-major, for B (k x n) column- / row-major.
+template <Layout kLayout>
+using WmmaLayoutA =
+    std::conditional_t<kLayout == Layout::kKMajor, wmma::row_major, wmma::col_major>;
+template <Layout kLayout>
+using WmmaLayoutB =
+    std::conditional_t<kLayout == Layout::kKMajor, wmma::col_major, wmma::row_major>;
+
+// Tensor cores: each warp owns a (kBlockM / kWarpsM) x (kBlockN / kWarpsN) part of the tile as
+// 16 x 16 fragments, accumulating in fp32.
+template <class Cfg, Layout kA, Layout kB> struct WmmaMath {
+  using T = typename Cfg::Element;
+  using Input = typename WmmaInput<T>::type;
+  using TileA = OperandTile<T, kA, Cfg::kBlockM, Cfg::kBlockK>;
+  using TileB = OperandTile<T, kB, Cfg::kBlockN, Cfg::kBlockK>;
+  static constexpr int kStep = WmmaInput<T>::kStep;
+  static constexpr int kWarpM = Cfg::kBlockM / Cfg::kWarpsM, kWarpN = Cfg::kBlockN / Cfg::kWarpsN;
+  static constexpr int kFragsM = kWarpM / 16, kFragsN = kWarpN / 16;
+  static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0 && Cfg::kBlockK % kStep == 0);
+
+  wmma::fragment<wmma::accumulator, 16, 16, kStep, float> acc[kFragsM][kFragsN];
+  int warp_m0, warp_n0;
+
+  __device__ WmmaMath() {
+    const int warp = threadIdx.x / 32;
+    warp_m0 = warp / Cfg::kWarpsN * kWarpM;
+    warp_n0 = warp % Cfg::kWarpsN * kWarpN;
+#pragma unroll
+    for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+      for (int j = 0; j < kFragsN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  }
+
+  // TF32 inputs are rounded to nearest, as cuBLAS does (the hardware would truncate).
+  template <class Fragment> __device__ static void round_input(Fragment& f) {
+    if constexpr (std::is_same_v<Input, wmma::precision::tf32>) {
+#pragma unroll
+      for (int t = 0; t < f.num_elements; ++t) f.x[t] = wmma::__float_to_tf32(f.x[t]);
+    }
+  }
+
+  __device__ void multiply(const T* a_tile, const T* b_tile) {
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kBlockK; kk += kStep) {
+      wmma::fragment<wmma::matrix_a, 16, 16, kStep, Input, WmmaLayoutA<kA>> a[kFragsM];
+      wmma::fragment<wmma::matrix_b, 16, 16, kStep, Input, WmmaLayoutB<kB>> b[kFragsN];
+#pragma unroll
+      for (int i = 0; i < kFragsM; ++i) {
+        wmma::load_matrix_sync(a[i], a_tile + TileA::offset(warp_m0 + 16 * i, kk), TileA::kPitch);
+        round_input(a[i]);
+      }
+#pragma unroll
+      for (int j = 0; j < kFragsN; ++j) {
+        wmma::load_matrix_sync(b[j], b_tile + TileB::offset(warp_n0 + 16 * j, kk), TileB::kPitch);
+        round_input(b[j]);
+      }
+#pragma unroll
+      for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+        for (int j = 0; j < kFragsN; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+    }
+  }
+
+  __device__ void store(float* c_tile, int pitch) const {
+#pragma unroll
+    for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+      for (int j = 0; j < kFragsN; ++j)
+        wmma::store_matrix_sync(c_tile + (warp_m0 + 16 * i) * pitch + warp_n0 + 16 * j, acc[i][j],
+                                pitch, wmma::mem_row_major);
+  }
+};
+
+// CUDA cores, exact: 16 x 16 threads, thread (tm, tn) owning rows tm + 16 i and columns
+// tn + 16 j of the tile. Interleaving (rather than contiguous blocks per thread) makes the
+// threads of a warp read neighbouring rows and columns: few bank conflicts, many broadcasts.
+template <class Cfg, Layout kA, Layout kB> struct SimtMath {
+  using T = typename Cfg::Element;
+  using Acc = acc_t<T>;
+  using TileA = OperandTile<T, kA, Cfg::kBlockM, Cfg::kBlockK>;
+  using TileB = OperandTile<T, kB, Cfg::kBlockN, Cfg::kBlockK>;
+  static constexpr int kSide = 16;
+  static_assert(Cfg::kThreads == kSide * kSide);
+  static constexpr int kRows = Cfg::kBlockM / kSide, kCols = Cfg::kBlockN / kSide;
+
+  Acc acc[kRows][kCols];
+  int tm, tn;
+
+  __device__ SimtMath() : tm(threadIdx.x / kSide), tn(threadIdx.x % kSide) {
+#pragma unroll
+    for (int i = 0; i < kRows; ++i)
+#pragma unroll
+      for (int j = 0; j < kCols; ++j) acc[i][j] = Acc(0);
+  }
+
+  __device__ void multiply(const T* a_tile, const T* b_tile) {
+#pragma unroll 4
+    for (int k = 0; k < Cfg::kBlockK; ++k) {
+      Acc a[kRows], b[kCols];
+#pragma unroll
+      for (int i = 0; i < kRows; ++i) a[i] = to_acc(a_tile[TileA::offset(tm + kSide * i, k)]);
+#pragma unroll
+      for (int j = 0; j < kCols; ++j) b[j] = to_acc(b_tile[TileB::offset(tn + kSide * j, k)]);
+#pragma unroll
+      for (int i = 0; i < kRows; ++i)
+#pragma unroll
+        for (int j = 0; j < kCols; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+    }
+  }
+
+  __device__ void store(Acc* c_tile, int pitch) const {
+#pragma unroll
+    for (int i = 0; i < kRows; ++i)
+#pragma unroll
+      for (int j = 0; j < kCols; ++j) c_tile[(tm + kSide * i) * pitch + tn + kSide * j] = acc[i][j];
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Configurations: tile sizes per dtype and math mode
+
+template <typename T, MathMode kMode> struct GemmConfig;
+
+// 128 x 128 tiles, 8 warps of 64 x 32. 16-bit tiles are small enough for a 4-deep pipeline and
+// two blocks per SM; fp32 (TF32) tiles are twice the bytes, so 3 stages.
+template <typename T> struct GemmConfig<T, MathMode::kTensorCore> {
+  using Element = T;
+  using Acc = float;
+  static constexpr int kBlockM = 128, kBlockN = 128, kBlockK = 32;
+  static constexpr int kWarpsM = 2, kWarpsN = 4, kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kStages = sizeof(T) == 2 ? 4 : 3;
+  static constexpr int kMinBlocksPerSM = sizeof(T) == 2 ? 2 : 1;  // 80 KiB each: two fit
+  template <Layout kA, Layout kB> using Math = WmmaMath<GemmConfig, kA, kB>;
+};
+
+// 256 threads with 8 x 8 (float) or 4 x 4 (double) outputs each.
+template <typename T> struct GemmConfig<T, MathMode::kSimt> {
+  using Element = T;
+  using Acc = T;
+  static constexpr int kBlockM = sizeof(T) == 8 ? 64 : 128, kBlockN = kBlockM, kBlockK = 32;
+  static constexpr int kThreads = 256, kStages = 3, kMinBlocksPerSM = 1;
+  template <Layout kA, Layout kB> using Math = SimtMath<GemmConfig, kA, kB>;
+};
+
+template <class Cfg, Layout kA, Layout kB> struct GemmSharedMemory {
+  using T = typename Cfg::Element;
+  using Acc = typename Cfg::Acc;
+  using TileA = OperandTile<T, kA, Cfg::kBlockM, Cfg::kBlockK>;
+  using TileB = OperandTile<T, kB, Cfg::kBlockN, Cfg::kBlockK>;
+  static constexpr int kStageElements = TileA::kElements + TileB::kElements;
+  // The accumulator tile for the epilogue reuses the pipeline's buffers.
+  static constexpr int kOutputPitch = Cfg::kBlockN + 16 / int(sizeof(Acc));
+  static constexpr int kBytes = std::max<int>(Cfg::kStages * kStageElements * int(sizeof(T)),
+                                              Cfg::kBlockM * kOutputPitch * int(sizeof(Acc)));
+};
+
+// ---------------------------------------------------------------------------------------------
+// Launch plan, tile order, epilogue
+
+template <typename Acc> struct GemmPlan {
+  int64_t tiles_m = 0, tiles_n = 0;
+  int64_t k_tiles = 0, k_tiles_per_split = 0;
+  int splits = 1;
+  bool a_vectorized = false, b_vectorized = false;
+  Acc* partials = nullptr;          // split-K: [splits][M][N]
+  Acc* row_sum_partials = nullptr;  // split-K with row sums: [splits][M]
+};
+
+// Tile `t` of a grid grouped by 8 tile rows: consecutive blocks walk down a column of 8 tiles
+// before moving right, so the B tiles they share are still in L2.
+struct TileIndex {
+  int64_t m, n;
+};
+__device__ __forceinline__ TileIndex tile_index(int64_t t, int64_t tiles_m, int64_t tiles_n) {
+  constexpr int64_t kGroupRows = 8;
+  const int64_t per_group = kGroupRows * tiles_n;
+  const int64_t first_m = t / per_group * kGroupRows;
+  const int64_t rows = std::min(tiles_m - first_m, kGroupRows);
+  const int64_t in_group = t % per_group;
+  return {first_m + in_group % rows, in_group / rows};
+}
+
+// Optimizer in backward: v is the gradient of s.param[i]; one torch.optim.SGD step.
+template <typename T>
+__device__ __forceinline__ void sgd_epilogue(const SgdEpilogue<T>& s, int64_t i, acc_t<T> v) {
+  using Acc = acc_t<T>;
+  const SgdCoefficients<Acc> coefficients(s.lr, s.momentum, s.dampening, s.weight_decay,
+                                          s.nesterov, s.maximize);
+  const bool has_buf = s.momentum_buffer != nullptr;
+  Acc buf = has_buf ? to_acc(s.momentum_buffer[i]) : Acc(0);
+  // The gradient is rounded to the parameter's dtype first, as autograd would store it.
+  const Acc grad = to_acc(from_acc<T>(v));
+  s.param[i] = from_acc<T>(
+      sgd_update(to_acc(s.param[i]), grad, buf, has_buf, s.init_momentum_buffer, coefficients));
+  if (has_buf) s.momentum_buffer[i] = from_acc<T>(buf);
+}
+
+// The epilogue for outputs (m, n0 + lane) of one warp, n0 a multiple of 32 below N: bias, ReLU
+// (torch.relu's: NaN and -0.0 stay), cast, store, and the bitmask word of those 32 outputs,
+// taken from the stored values as PyTorch's backward would see them; or the SGD update. All 32
+// lanes must call it.
+template <typename T>
+__device__ __forceinline__ void store_output_segment(const GemmArgs<T>& g, int64_t m, int64_t n0,
+                                                     acc_t<T> v, int lane) {
+  using Acc = acc_t<T>;
+  const int64_t n = n0 + lane;
+  const bool inside = n < g.N;
+  if (g.sgd.param != nullptr) {
+    if (inside) sgd_epilogue(g.sgd, m * g.ldc + n, v);
+    return;
+  }
+  if (g.bias != nullptr && inside) v += to_acc(g.bias[n]);
+  if (g.relu) v = v < Acc(0) ? Acc(0) : v;
+  const T out = from_acc<T>(v);
+  if (inside) g.c[m * g.ldc + n] = out;
+  if (g.c_mask != nullptr) {
+    const uint32_t word = __ballot_sync(0xffffffffu, inside && to_acc(out) > Acc(0));
+    if (lane == 0) g.c_mask[m * g.c_mask_row_words + n0 / 32] = word;
+  }
+}
+
+// Writes the finished accumulator tile (row-major in shared memory) at (m0, n0): through the
+// epilogue, or as this split's partial sums.
+template <class Cfg, typename T, typename Acc>
+__device__ __forceinline__ void write_tile(const GemmArgs<T>& g, const GemmPlan<Acc>& plan,
+                                           const Acc* c_tile, int pitch, int64_t m0, int64_t n0) {
+  constexpr int kWarps = Cfg::kThreads / 32, kSegments = Cfg::kBlockN / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int s = warp; s < Cfg::kBlockM * kSegments; s += kWarps) {
+    const int r = s / kSegments, c = s % kSegments * 32;
+    const int64_t m = m0 + r, n = n0 + c;
+    if (m >= g.M || n >= g.N) continue;  // uniform across the warp
+    const Acc v = c_tile[r * pitch + c + lane];
+    if (plan.splits > 1) {
+      if (n + lane < g.N) plan.partials[(blockIdx.y * g.M + m) * g.N + n + lane] = v;
+    } else {
+      store_output_segment(g, m, n, v, lane);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels
+
+template <class Cfg, Layout kA, Layout kB>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocksPerSM)
+    gemm_kernel(const GemmArgs<typename Cfg::Element> g, const GemmPlan<typename Cfg::Acc> plan) {
+  using T = typename Cfg::Element;
+  using Acc = typename Cfg::Acc;
+  using Smem = GemmSharedMemory<Cfg, kA, kB>;
+  using TileA = typename Smem::TileA;
+  using TileB = typename Smem::TileB;
+  constexpr int kStages = Cfg::kStages, kBlockK = Cfg::kBlockK;
+  static_assert(kStages >= 2, "the pipeline needs a stage to load while another is used");
+
+  extern __shared__ __align__(128) unsigned char shared[];
+  T* const stages = reinterpret_cast<T*>(shared);
+
+  const TileIndex tile = tile_index(blockIdx.x, plan.tiles_m, plan.tiles_n);
+  const int64_t m0 = tile.m * Cfg::kBlockM, n0 = tile.n * Cfg::kBlockN;
+  const int64_t kt_begin = int64_t(blockIdx.y) * plan.k_tiles_per_split;
+  const int64_t kt_end = std::min(kt_begin + plan.k_tiles_per_split, plan.k_tiles);
+  // The bias gradient is summed once per row of A: by the blocks of the first tile column.
+  const bool sums_rows = g.a_row_sums != nullptr && tile.n == 0;
+  const bool has_output = g.N > 0;  // N == 0: only the row sums are wanted
+
+  auto stage_k_tile = [&](int stage, int64_t kt) {
+    T* a_tile = stages + stage * Smem::kStageElements;
+    const int64_t k0 = kt * kBlockK;
+    stage_tile<TileA, Cfg::kThreads>(a_tile, a_source<kA>(g, m0, k0, plan.a_vectorized));
+    if (has_output)
+      stage_tile<TileB, Cfg::kThreads>(a_tile + TileA::kElements,
+                                       b_source<kB>(g, n0, k0, plan.b_vectorized));
+  };
+
+  typename Cfg::template Math<kA, kB> math;
+  Acc row_sum = 0;
+
+  // Pipeline: k-tile i is staged in buffer i % kStages, kStages - 1 tiles ahead of its use.
+  // Every iteration commits one (possibly empty) group, so "all but the newest kStages - 2
+  // groups have landed" means exactly "k-tile i has landed".
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (kt_begin + s < kt_end) stage_k_tile(s, kt_begin + s);
+    cp_async_commit();
+  }
+  for (int64_t kt = kt_begin; kt < kt_end; ++kt) {
+    const int64_t i = kt - kt_begin;
+    cp_async_wait<kStages - 2>();
+    // k-tile i is visible to all threads, and all are done with the buffer refilled next.
+    __syncthreads();
+    if (kt + kStages - 1 < kt_end) stage_k_tile(int((i + kStages - 1) % kStages), kt + kStages - 1);
+    cp_async_commit();
+
+    T* a_tile = stages + (i % kStages) * Smem::kStageElements;
+    if (g.a_mask != nullptr) {
+      apply_relu_mask<TileA, Cfg::kBlockM, kBlockK, Cfg::kThreads>(a_tile, g, m0, kt * kBlockK);
+      __syncthreads();
+    }
+    if (sums_rows && threadIdx.x < Cfg::kBlockM)
+      row_sum += tile_row_sum<TileA, kBlockK>(a_tile, threadIdx.x);
+    if (has_output) math.multiply(a_tile, a_tile + TileA::kElements);
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // all reads of the stage buffers are done: reuse them for the output tile
+
+  Acc* const c_tile = reinterpret_cast<Acc*>(shared);
+  math.store(c_tile, Smem::kOutputPitch);
+  if (sums_rows && threadIdx.x < Cfg::kBlockM && m0 + threadIdx.x < g.M) {
+    const int64_t m = m0 + threadIdx.x;
+    if (plan.splits > 1)
+      plan.row_sum_partials[blockIdx.y * g.M + m] = row_sum;
+    else
+      g.a_row_sums[m] = from_acc<T>(row_sum);
+  }
+  if (!has_output) return;
+  __syncthreads();
+  write_tile<Cfg>(g, plan, c_tile, Smem::kOutputPitch, m0, n0);
+}
+
+// Split-K: sums the slices' partials in slice order and applies the epilogue; one warp per 32
+// columns of a row, then one thread per row of the bias-gradient sums. Grid-stride loops.
+template <typename T, typename Acc>
+__global__ void sum_split_partials_kernel(const GemmArgs<T> g, const GemmPlan<Acc> plan) {
+  const int lane = threadIdx.x % 32;
+  const int64_t thread = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t threads = int64_t(gridDim.x) * blockDim.x;
+  const int64_t segments_per_row = (g.N + 31) / 32;
+  const int64_t segments = g.M * segments_per_row;
+  for (int64_t s = thread / 32; s < segments; s += threads / 32) {  // uniform across the warp
+    const int64_t m = s / segments_per_row, n0 = s % segments_per_row * 32, n = n0 + lane;
+    Acc v = 0;
+    if (n < g.N)
+      for (int split = 0; split < plan.splits; ++split) v += plan.partials[(split * g.M + m) * g.N + n];
+    store_output_segment(g, m, n0, v, lane);
+  }
+  if (plan.row_sum_partials == nullptr) return;
+  for (int64_t m = thread; m < g.M; m += threads) {
+    Acc sum = 0;
+    for (int split = 0; split < plan.splits; ++split) sum += plan.row_sum_partials[split * g.M + m];
+    g.a_row_sums[m] = from_acc<T>(sum);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <typename T> bool rows_16_byte_aligned(const T* p, int64_t ld) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && ld * int64_t(sizeof(T)) % 16 == 0;
+}
+
+template <class Cfg, Layout kA, Layout kB>
+void launch_gemm_kernel(const GemmArgs<typename Cfg::Element>& g, GemmPlan<typename Cfg::Acc> plan,
+                        const GemmContext& context) {
+  using Smem = GemmSharedMemory<Cfg, kA, kB>;
+  TORCH_CHECK(size_t(Smem::kBytes) <= context.max_shared_memory,
+              "fused_linreg: the CUDA GEMM for ", sizeof(typename Cfg::Element) * 8,
+              "-bit elements needs ", Smem::kBytes,
+              " bytes of shared memory per block, this GPU offers ", context.max_shared_memory,
+              " (the kernels are tuned for sm_80 and sm_90: A100, H100)");
+  plan.a_vectorized = rows_16_byte_aligned(g.a, kA == Layout::kKMajor ? g.a_rs : g.a_cs);
+  plan.b_vectorized = rows_16_byte_aligned(g.b, kB == Layout::kKMajor ? g.b_cs : g.b_rs);
+  auto* kernel = &gemm_kernel<Cfg, kA, kB>;
+  // Above 48 KiB, dynamic shared memory must be opted into (per kernel; cheap, no sync).
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      Smem::kBytes));
+  const dim3 grid(unsigned(plan.tiles_m * plan.tiles_n), unsigned(plan.splits));
+  kernel<<<grid, Cfg::kThreads, Smem::kBytes, context.stream>>>(g, plan);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, MathMode kMode> void gemm(const GemmArgs<T>& g, const GemmContext& context) {
+  using Cfg = GemmConfig<T, kMode>;
+  using Acc = typename Cfg::Acc;
+  if (g.M == 0 || (g.N == 0 && g.a_row_sums == nullptr)) return;
+  TORCH_INTERNAL_ASSERT(g.a_cs == 1 || g.a_rs == 1, "A needs a unit stride");
+  TORCH_INTERNAL_ASSERT(g.N == 0 || g.b_rs == 1 || g.b_cs == 1, "B needs a unit stride");
+
+  GemmPlan<Acc> plan;
+  plan.tiles_m = ceil_div(g.M, Cfg::kBlockM);
+  plan.tiles_n = std::max<int64_t>(ceil_div(g.N, Cfg::kBlockN), 1);
+  const int64_t tiles = plan.tiles_m * plan.tiles_n;
+  TORCH_CHECK(tiles <= INT_MAX, "fused_linreg: a ", g.M, " x ", g.N,
+              " GEMM output has more tiles than one CUDA grid can hold");
+  plan.k_tiles = ceil_div(g.K, Cfg::kBlockK);
+
+  // Split K when the tiles alone leave SMs idle and K is deep enough to share. The split is a
+  // function of the shape and the SM count only, so a given GPU always sums in the same order.
+  constexpr int64_t kMinKTilesPerSplit = 4;
+  const int64_t sm_count = context.sm_count;
+  int64_t splits = 1;
+  if (tiles < sm_count && plan.k_tiles >= 2 * kMinKTilesPerSplit)
+    splits = std::min(ceil_div(sm_count, tiles), plan.k_tiles / kMinKTilesPerSplit);
+  plan.k_tiles_per_split = std::max<int64_t>(ceil_div(plan.k_tiles, splits), 1);
+  plan.splits = int(std::max<int64_t>(ceil_div(plan.k_tiles, plan.k_tiles_per_split), 1));
+
+  if (plan.splits > 1) {
+    const int64_t outputs = g.M * g.N, rows = g.a_row_sums != nullptr ? g.M : 0;
+    plan.partials = static_cast<Acc*>(
+        context.allocate_workspace(size_t(plan.splits) * size_t(outputs + rows) * sizeof(Acc)));
+    if (rows > 0) plan.row_sum_partials = plan.partials + plan.splits * outputs;
+  }
+
+  const bool a_k_major = g.a_cs == 1;
+  const bool b_k_major = g.b_rs == 1;
+  if (a_k_major && b_k_major)
+    launch_gemm_kernel<Cfg, Layout::kKMajor, Layout::kKMajor>(g, plan, context);
+  else if (a_k_major)
+    launch_gemm_kernel<Cfg, Layout::kKMajor, Layout::kMNMajor>(g, plan, context);
+  else if (b_k_major)
+    launch_gemm_kernel<Cfg, Layout::kMNMajor, Layout::kKMajor>(g, plan, context);
+  else
+    launch_gemm_kernel<Cfg, Layout::kMNMajor, Layout::kMNMajor>(g, plan, context);
+
+  if (plan.splits > 1) {
+    constexpr int kThreads = 256;
+    const int64_t work = std::max(g.M * ceil_div(g.N, 32) * 32, g.M);
+    const int64_t blocks = std::min<int64_t>(ceil_div(work, kThreads), sm_count * 16);
+    sum_split_partials_kernel<T, Acc><<<unsigned(blocks), kThreads, 0, context.stream>>>(g, plan);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace fused_linreg::cuda
