@@ -25,18 +25,32 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
 
 
+def cuda_toolkit_found():
+    """torch guesses CUDA_HOME from $CUDA_HOME, else from the nvcc on PATH, which may be a wrapper
+    outside the toolkit (then the headers are missing): check that it holds nvcc and headers."""
+    needed = [("bin", "nvcc"), ("include", "cuda_runtime.h")]
+    return CUDA_HOME is not None and all(
+        os.path.exists(os.path.join(CUDA_HOME, *p)) for p in needed)
+
+
 def want_cuda():
+    """CUDA kernels whenever a CUDA build of torch and a CUDA toolkit are found (no GPU needed);
+    FUSED_LINREG_CUDA=0|1 forces either way."""
     forced = os.environ.get("FUSED_LINREG_CUDA")
-    possible = torch.version.cuda is not None and CUDA_HOME is not None
+    possible = torch.version.cuda is not None and cuda_toolkit_found()
     if forced == "1":
         if not possible:
             sys.exit(
                 "fused_linreg: FUSED_LINREG_CUDA=1 needs a CUDA build of torch "
-                f"(this is {torch.__version__}) and a CUDA toolkit (CUDA_HOME={CUDA_HOME})"
+                f"(this is {torch.__version__}) and a CUDA toolkit with nvcc and headers "
+                f"(CUDA_HOME={CUDA_HOME}; set CUDA_HOME, e.g. CUDA_HOME=/usr/local/cuda)"
             )
         return True
     if forced == "0":
         return False
+    if torch.version.cuda is not None and not possible:
+        print(f"fused_linreg: no CUDA toolkit at CUDA_HOME={CUDA_HOME}: "
+              "building the CPU kernels only")
     return possible
 
 
