@@ -9,6 +9,11 @@ from tqdm import tqdm
 import fused_linreg
 
 
+def threads_text() -> str:
+    n = torch.get_num_threads()
+    return f"{n} thread" + ("s" if n != 1 else "")
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
@@ -22,7 +27,7 @@ def print_header(title: str, threads: Optional[int] = None) -> None:
     info = fused_linreg.build_info()
     print(title)
     print(f"fused_linreg {fused_linreg.__version__}, torch {torch.__version__}, CPU kernels "
-          f"{info['cpu_isa_active']}, {torch.get_num_threads()} threads\n")
+          f"{info['cpu_isa_active']}, {threads_text()}\n")
 
 
 def minibatch_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Callable,

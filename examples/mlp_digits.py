@@ -49,7 +49,7 @@ def main(argv=None):
     fused = fused_linreg.fuse(plain)  # a copy: Linear+ReLU -> FusedLinearReLU, Linear -> FusedLinear
     print(f"{len(x_train)} training / {len(x_test)} test images; fused model:\n{fused}")
     print(f"CrossEntropyLoss, SGD(lr={args.lr}, momentum={args.momentum}), batch {args.batch_size}, "
-          f"{args.epochs} epochs\n")
+          f"{args.epochs} epochs")
     models = {"plain PyTorch": plain, "fused_linreg": fused}
     optimizers = {
         "plain PyTorch": torch.optim.SGD(plain.parameters(), lr=args.lr, momentum=args.momentum),

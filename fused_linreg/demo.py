@@ -84,9 +84,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = _parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = fused_linreg.build_info()
+    info, threads = fused_linreg.build_info(), torch.get_num_threads()
     print(f"fused_linreg {fused_linreg.__version__} on torch {torch.__version__} "
-          f"(CPU kernels: {info['cpu_isa_active']}, {torch.get_num_threads()} threads)")
+          f"(CPU kernels: {info['cpu_isa_active']}, {threads} thread{'s' if threads != 1 else ''})")
     print(f"LinearRegressionModel(1, 1), MSELoss, SGD(lr={args.lr}), {args.epochs} full-batch epochs "
           f"on y = 2x + 1 + noise ({args.samples} points)\n")
 
