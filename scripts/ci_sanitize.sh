@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Sanitizer CI: builds the CPU extension with AddressSanitizer + UndefinedBehaviorSanitizer
+# (FUSED_LINREG_SANITIZE=1, see setup.py) in a separate copy of the tree (no build outputs), using the existing venv's
+# torch, and runs the test suite (not slow) against it with libasan preloaded. Fails on any test
+# failure and on any sanitizer report (reports are also collected from subprocesses via log_path).
+#
+#   scripts/ci_sanitize.sh                 # whole suite
+#   scripts/ci_sanitize.sh tests/test_sgd.py tests/test_linear.py   # some test files
+#
+# Environment: PYTHON (default .venv/bin/python), SANITIZE_DIR (work dir, default a new temp dir;
+# kept afterwards, for the logs and reports; reusing one rebuilds only what changed since),
+# MAX_JOBS (build parallelism, default 2).
+#
+# Each test file runs in its own pytest process: ASan aborts the process at the first report
+# (the build uses -fno-sanitize-recover), and one report must not hide the other files' results.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+WORK=${SANITIZE_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/fused_linreg_sanitize.XXXXXX")}
+SRC=$WORK/src
+REPORTS=$WORK/reports
+START=$(date +%s)
+
+die() { echo "ci_sanitize: $*" >&2; exit 1; }
+[ -x "$PYTHON" ] || die "no python at $PYTHON (run scripts/setup_env.sh, or set PYTHON)"
+
+echo "== copying the tree to $SRC"
+rm -rf "$REPORTS"
+mkdir -p "$SRC" "$REPORTS" || die "cannot create $WORK"
+# tar rather than rsync: it is everywhere. No build outputs, venv or git metadata.
+tar -C "$ROOT" -cf - \
+  --exclude='./.git' --exclude='./.venv*' --exclude='./build' --exclude='./dist' \
+  --exclude='*.egg-info' --exclude='*.so' --exclude='_build_meta.json' --exclude='__pycache__' \
+  --exclude='.pytest_cache' --exclude='.hypothesis' --exclude='./out' . \
+  | tar -C "$SRC" -xf - || die "copying the tree failed"
+
+echo "== building the CPU extension with -fsanitize=address,undefined"
+( cd "$SRC" && FUSED_LINREG_SANITIZE=1 FUSED_LINREG_CUDA=0 MAX_JOBS=${MAX_JOBS:-2} \
+    nice -n 10 "$PYTHON" setup.py build_ext --inplace -q ) > "$WORK/build.log" 2>&1 \
+  || { tail -50 "$WORK/build.log"; die "the sanitizer build failed (log: $WORK/build.log)"; }
+SO=$(ls "$SRC"/fused_linreg/_C*.so 2>/dev/null | head -1)
+[ -n "$SO" ] || die "the build produced no extension"
+ldd "$SO" | grep -q libasan || die "$SO is not linked against libasan (FUSED_LINREG_SANITIZE ignored?)"
+echo "   built in $(( $(date +%s) - START ))s"
+
+LIBASAN=$(gcc -print-file-name=libasan.so)
+[ -f "$LIBASAN" ] || die "libasan not found (gcc -print-file-name=libasan.so gave '$LIBASAN')"
+
+# Python and torch are not instrumented; only leak detection is off (CPython keeps memory until
+# exit by design). Every report goes to $REPORTS (one file per process), including those of the
+# subprocesses the tests start.
+export LD_PRELOAD=$LIBASAN
+export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:log_path=$REPORTS/asan:log_exe_name=1"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$REPORTS/ubsan:log_exe_name=1"
+export PYTHONPATH=$SRC
+export OMP_WAIT_POLICY=PASSIVE
+
+if [ $# -gt 0 ]; then
+  FILES=("$@")
+else
+  mapfile -t FILES < <(cd "$SRC" && ls tests/test_*.py)
+fi
+
+echo "== running ${#FILES[@]} test files (not slow) against the sanitized build"
+failed=()
+for f in "${FILES[@]}"; do
+  t0=$(date +%s)
+  ( cd "$SRC" && nice -n 10 "$PYTHON" -m pytest -q -m "not slow" -p no:cacheprovider "$f" ) \
+    > "$WORK/$(basename "$f" .py).log" 2>&1
+  rc=$?
+  # 5: nothing collected (a file of slow tests only)
+  if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then failed+=("$f (exit $rc)"); status=FAIL; else status=ok; fi
+  echo "   $status $f ($(( $(date +%s) - t0 ))s): $(tail -1 "$WORK/$(basename "$f" .py).log")"
+done
+
+reports=$(ls "$REPORTS" 2>/dev/null)
+if [ -n "$reports" ]; then
+  echo "== sanitizer reports:"
+  for r in "$REPORTS"/*; do echo "--- $r"; head -60 "$r"; done
+fi
+echo "== $(( $(date +%s) - START ))s in all; logs in $WORK"
+if [ ${#failed[@]} -gt 0 ] || [ -n "$reports" ]; then
+  [ ${#failed[@]} -gt 0 ] && printf 'ci_sanitize: failed: %s\n' "${failed[@]}" >&2
+  [ -n "$reports" ] && echo "ci_sanitize: $(echo "$reports" | wc -l) sanitizer report(s)" >&2
+  exit 1
+fi
+echo "ci_sanitize: passed, no sanitizer reports"
