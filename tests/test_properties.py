@@ -4,8 +4,8 @@ backward equal the PyTorch reference (NaN positions included), and FusedSGD equa
 torch.optim.SGD on random option sets.
 
 Data are exact (dyadic) so results do not depend on summation order; "denormal" cases put the
-input and the bias on a scale of 2^-130 (float32/bfloat16) or 2^-1065 (float64), where every
-value, product and sum is still exact, and denormal."""
+input and the bias on a scale of 2^-130 (float32) or 2^-1065 (float64), where every value,
+product and sum is still exact, and denormal."""
 import math
 
 import pytest
@@ -18,7 +18,7 @@ from conftest import assert_close, assert_same, exact_randn, run_both
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False)
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
-DENORMAL_SCALE = {torch.float32: 2.0 ** -130, torch.bfloat16: 2.0 ** -130, torch.float64: 2.0 ** -1065}
+DENORMAL_SCALE = {torch.float32: 2.0 ** -130, torch.float64: 2.0 ** -1065}
 SPECIALS = [math.nan, math.inf, -math.inf]
 
 dims = st.one_of(st.integers(0, 5), st.sampled_from([1, 7, 8, 9, 12, 13, 16, 17, 31, 33]))
@@ -68,7 +68,9 @@ def linear_cases(draw, specials=False, ops=("linear", "linear_relu")):
         op=draw(st.sampled_from(ops)), dtype=dtype, input_shape=batch + (K,), N=N,
         bias=draw(st.booleans()),
         layouts=[draw(st.sampled_from(LAYOUTS)) for _ in range(4)],  # x, w, b, grad_output
-        denormal=not specials and draw(st.booleans()),
+        # Not bfloat16: PyTorch's bfloat16 GEMM (oneDNN) flushes denormal results to zero on CPUs
+        # with AVX512-BF16/AMX, where the fused kernels round them correctly.
+        denormal=not specials and dtype != torch.bfloat16 and draw(st.booleans()),
         specials=[draw(st.integers(0, 3)) if specials else 0 for _ in range(4)],
         seed=draw(st.integers(0, 2 ** 31 - 1)),
     )
@@ -109,7 +111,7 @@ def test_finite_values_match_pytorch(case):
     x, w, b, go = make(case)
     fused, ref = run_both(case["op"], x, w, b, go)
     compare(case, fused, ref, exact=case["dtype"] != torch.bfloat16)
-    if case["denormal"] and case["dtype"] != torch.bfloat16 and ref[0].numel():
+    if case["denormal"] and ref[0].numel():
         # The scale really is denormal: some outputs are below the smallest normal number.
         tiny = torch.finfo(case["dtype"]).tiny
         nonzero = ref[0][ref[0] != 0].abs()
