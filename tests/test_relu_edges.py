@@ -81,12 +81,16 @@ def test_negative_zero_stays_negative_zero(dtype):
         (torch.ones(3, 1, dtype=dtype), torch.tensor([[-0.0], [0.0]], dtype=dtype),
          torch.tensor([-0.0, -0.0], dtype=dtype)),
     ]
+    compared = 0
     for x, w, b in cases:
         ref_linear = F.linear(x, w, b)
-        assert bool(ref_linear.signbit().any()), "the reference must contain a -0.0"
+        if not bool(ref_linear.signbit().any()):
+            continue  # PyTorch's bfloat16 GEMM gives +0.0 for the -0.0 product plus -0.0 bias
+        compared += 1
         assert_same(fused_linreg.functional.linear(x, w, b), ref_linear, "linear", zero_sign=True)
         assert_same(fused_linreg.functional.linear_relu(x, w, b), torch.relu(ref_linear),
                     "linear_relu", zero_sign=True)
+    assert compared >= (1 if dtype == torch.bfloat16 else 2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
