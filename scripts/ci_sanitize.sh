@@ -9,7 +9,8 @@
 #
 # Environment: PYTHON (default .venv/bin/python), SANITIZE_DIR (work dir, default a new temp dir;
 # kept afterwards, for the logs and reports; reusing one rebuilds only what changed since),
-# MAX_JOBS (build parallelism, default 2).
+# MAX_JOBS (build parallelism, default 2), SANITIZE_FROM (worktree: the files as they are, the
+# default; or a git revision such as HEAD: that commit, ignoring uncommitted changes).
 #
 # Each test file runs in its own pytest process: ASan aborts the process at the first report
 # (the build uses -fno-sanitize-recover), and one report must not hide the other files' results.
@@ -25,15 +26,21 @@ START=$(date +%s)
 die() { echo "ci_sanitize: $*" >&2; exit 1; }
 [ -x "$PYTHON" ] || die "no python at $PYTHON (run scripts/setup_env.sh, or set PYTHON)"
 
-echo "== copying the tree to $SRC"
+SANITIZE_FROM=${SANITIZE_FROM:-worktree}
+echo "== copying the tree ($SANITIZE_FROM) to $SRC"
 rm -rf "$REPORTS"
 mkdir -p "$SRC" "$REPORTS" || die "cannot create $WORK"
-# tar rather than rsync: it is everywhere. No build outputs, venv or git metadata.
-tar -C "$ROOT" -cf - \
-  --exclude='./.git' --exclude='./.venv*' --exclude='./build' --exclude='./dist' \
-  --exclude='*.egg-info' --exclude='*.so' --exclude='_build_meta.json' --exclude='__pycache__' \
-  --exclude='.pytest_cache' --exclude='.hypothesis' --exclude='./out' . \
-  | tar -C "$SRC" -xf - || die "copying the tree failed"
+if [ "$SANITIZE_FROM" = worktree ]; then
+  # tar rather than rsync: it is everywhere. No build outputs, venv or git metadata.
+  tar -C "$ROOT" -cf - \
+    --exclude='./.git' --exclude='./.venv*' --exclude='./build' --exclude='./dist' \
+    --exclude='*.egg-info' --exclude='*.so' --exclude='_build_meta.json' --exclude='__pycache__' \
+    --exclude='.pytest_cache' --exclude='.hypothesis' --exclude='./out' . \
+    | tar -C "$SRC" -xf - || die "copying the tree failed"
+else
+  git -C "$ROOT" archive --format=tar "$SANITIZE_FROM" | tar -C "$SRC" -xf - \
+    || die "git archive $SANITIZE_FROM failed"
+fi
 
 echo "== building the CPU extension with -fsanitize=address,undefined"
 ( cd "$SRC" && FUSED_LINREG_SANITIZE=1 FUSED_LINREG_CUDA=0 MAX_JOBS=${MAX_JOBS:-2} \
