@@ -154,14 +154,24 @@ __device__ __forceinline__ void apply_relu_mask(T* tile, const GemmArgs<T>& g, i
   }
 }
 
-// Sum of row `m` of the staged (masked) tile of A, in a fixed order.
-template <class Tile, int kBlockK, typename T>
-__device__ __forceinline__ acc_t<T> tile_row_sum(const T* tile, int m) {
-  acc_t<T> sum = 0;
+// A row of A' summed over the K tiles of a block, in a fixed order. Compensated (Kahan): a plain
+// running sum over millions of rows stops growing (float32 at 2^24 times the terms' size), where
+// PyTorch's reductions do not. An infinite sum drops the compensation, which would turn it NaN.
+template <typename Acc> struct RowSum {
+  Acc sum = 0, compensation = 0;
+
+  // Adds row `m` of the staged (masked) tile of A.
+  template <class Tile, int kBlockK, typename T>
+  __device__ __forceinline__ void add_tile_row(const T* tile, int m) {
+    Acc tile_sum = 0;
 #pragma unroll 8
-  for (int k = 0; k < kBlockK; ++k) sum += to_acc(tile[Tile::offset(m, k)]);
-  return sum;
-}
+    for (int k = 0; k < kBlockK; ++k) tile_sum += to_acc(tile[Tile::offset(m, k)]);
+    const Acc y = tile_sum - compensation;
+    const Acc t = sum + y;
+    compensation = isfinite(t) ? (t - sum) - y : Acc(0);
+    sum = t;
+  }
+};
 
 // ---------------------------------------------------------------------------------------------
 // Math: multiplies one staged pair of tiles into per-thread accumulators, then stores them as a
@@ -378,8 +388,9 @@ __device__ __forceinline__ void sgd_epilogue(const SgdEpilogue<T>& s, int64_t i,
 }
 
 // The epilogue for outputs (m, n0 + lane) of one warp, n0 a multiple of 32 below N: bias, ReLU
-// (torch.relu's: NaN and -0.0 stay), cast, store, and the bitmask word of those 32 outputs,
-// taken from the stored values as PyTorch's backward would see them; or the SGD update. All 32
+// (torch.relu's: NaN and -0.0 stay), cast, store, and the bitmask word of those 32 outputs; or
+// the SGD update. A bit is set where the ReLU passes the gradient as PyTorch's backward decides
+// from the stored output (threshold_backward: out <= 0 ? 0 : grad), i.e. positive or NaN. All 32
 // lanes must call it.
 template <typename T>
 __device__ __forceinline__ void store_output_segment(const GemmArgs<T>& g, int64_t m, int64_t n0,
@@ -396,7 +407,7 @@ __device__ __forceinline__ void store_output_segment(const GemmArgs<T>& g, int64
   const T out = from_acc<T>(v);
   if (inside) g.c[m * g.ldc + n] = out;
   if (g.c_mask != nullptr) {
-    const uint32_t word = __ballot_sync(0xffffffffu, inside && to_acc(out) > Acc(0));
+    const uint32_t word = __ballot_sync(0xffffffffu, inside && !(to_acc(out) <= Acc(0)));
     if (lane == 0) g.c_mask[m * g.c_mask_row_words + n0 / 32] = word;
   }
 }
@@ -456,7 +467,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocksPerSM)
   };
 
   typename Cfg::template Math<kA, kB> math;
-  Acc row_sum = 0;
+  RowSum<Acc> row_sum;
 
   // Pipeline: k-tile i is staged in buffer i % kStages, kStages - 1 tiles ahead of its use.
   // Every iteration commits one (possibly empty) group, so "all but the newest kStages - 2
@@ -480,7 +491,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocksPerSM)
       __syncthreads();
     }
     if (sums_rows && threadIdx.x < Cfg::kBlockM)
-      row_sum += tile_row_sum<TileA, kBlockK>(a_tile, threadIdx.x);
+      row_sum.template add_tile_row<TileA, kBlockK>(a_tile, threadIdx.x);
     if (has_output) math.multiply(a_tile, a_tile + TileA::kElements);
   }
   cp_async_wait<0>();
@@ -491,9 +502,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocksPerSM)
   if (sums_rows && threadIdx.x < Cfg::kBlockM && m0 + threadIdx.x < g.M) {
     const int64_t m = m0 + threadIdx.x;
     if (plan.splits > 1)
-      plan.row_sum_partials[blockIdx.y * g.M + m] = row_sum;
+      plan.row_sum_partials[blockIdx.y * g.M + m] = row_sum.sum;
     else
-      g.a_row_sums[m] = from_acc<T>(row_sum);
+      g.a_row_sums[m] = from_acc<T>(row_sum.sum);
   }
   if (!has_output) return;
   __syncthreads();

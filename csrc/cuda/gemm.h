@@ -47,7 +47,8 @@ template <typename T> struct GemmArgs {
   T* a_row_sums = nullptr;
 
   // Epilogue: out(m, n) = act(acc(m, n) + bias[n]) into c[m * ldc + n] (c may be null when only
-  // a_row_sums is wanted, with N == 0), and the bitmask of out > 0 into c_mask when set.
+  // a_row_sums is wanted, with N == 0), and the ReLU bitmask into c_mask when set: bit (m, n)
+  // where the ReLU passes the gradient, !(out <= 0), as torch's threshold_backward decides.
   T* c = nullptr;
   int64_t ldc = 0;
   const T* bias = nullptr;
