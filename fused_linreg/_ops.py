@@ -59,47 +59,8 @@ def _sgd_step_fake(params, grads, momentum_buffers, init_momentum_buffers, lr, m
     return None
 
 
-# ---- autograd: one backward per forward, shared by the ops and the public Functions -----------
-
-
-def save_for_linear_backward(ctx, input, weight, bias, relu_mask):
-    """What the backward keeps: input, weight and (for ReLU) the bitmask. Never the output."""
-    ctx.save_for_backward(input, weight, relu_mask)
-    ctx.has_bias = bias is not None
-
-
-def linear_backward(ctx, grad_output):
-    """Gradients for (input, weight, bias), computing only those that are needed."""
-    input, weight, relu_mask = ctx.saved_tensors
-    if grad_output.dtype != input.dtype:
-        # LinearFunction.apply under torch.autocast: the forward op computed in the autocast dtype
-        # (fused_linreg/_autocast.py) from the saved higher-precision tensors; backward likewise.
-        input, weight = input.to(grad_output.dtype), weight.to(grad_output.dtype)
-    needs = ctx.needs_input_grad
-    output_mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
-    if not any(output_mask):
-        return None, None, None
-    return ops.linear_backward(grad_output, input, weight, relu_mask, output_mask)
-
-
-def _setup_linear(ctx, inputs, output):
-    save_for_linear_backward(ctx, *inputs, None)
-
-
-def _setup_linear_relu(ctx, inputs, output):
-    save_for_linear_backward(ctx, *inputs, output[1])
-
-
-def _backward_linear_relu(ctx, grad_output, grad_mask):
-    return linear_backward(ctx, grad_output)
-
-
-torch.library.register_autograd(
-    "fused_linreg::linear_forward", linear_backward, setup_context=_setup_linear
-)
-torch.library.register_autograd(
-    "fused_linreg::linear_relu_forward", _backward_linear_relu, setup_context=_setup_linear_relu
-)
+# Autograd for linear_forward / linear_relu_forward is registered in C++ (csrc/autograd.cpp), so
+# that a training step pays no Python per layer.
 
 
 # ---- a clear error instead of a dispatcher message when CUDA kernels were not built -----------

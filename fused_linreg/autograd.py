@@ -1,37 +1,35 @@
-"""Public autograd Functions: ``LinearFunction.apply(x, W, b)`` and ``LinearReLUFunction.apply(x, W, b)``.
+"""Public autograd functions: ``LinearFunction.apply(x, W, b)`` and ``LinearReLUFunction.apply(x, W, b)``.
 
-They are a face over the operators: the same forward op and the same backward
-(fused_linreg._ops.linear_backward) that torch.ops.fused_linreg.* carry under autograd.
+The autograd nodes are C++ (csrc/autograd.cpp), registered as the autograd kernels of
+torch.ops.fused_linreg.linear_forward / linear_relu_forward: these classes are their public face,
+with ``torch.autograd.Function``'s calling convention. The backward is defined once, there.
 """
+from typing import Optional
+
 import torch
 
-from fused_linreg._ops import linear_backward, ops, save_for_linear_backward
+from fused_linreg._ops import ops
 
 __all__ = ["LinearFunction", "LinearReLUFunction"]
 
 
-class LinearFunction(torch.autograd.Function):
-    """``y = x @ W.T + b``."""
+class LinearFunction:
+    """``y = x @ W.T + b``; the backward saves x and W.
+
+    >>> y = LinearFunction.apply(x, weight, bias)
+    """
 
     @staticmethod
-    def forward(ctx, input, weight, bias=None):
-        save_for_linear_backward(ctx, input, weight, bias, None)
+    def apply(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         return ops.linear_forward(input, weight, bias)
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        return linear_backward(ctx, grad_output)
 
+class LinearReLUFunction:
+    """``y = relu(x @ W.T + b)``; the backward saves x, W and the 1-bit ReLU mask, never y.
 
-class LinearReLUFunction(torch.autograd.Function):
-    """``y = relu(x @ W.T + b)``; saves x, W and the ReLU bitmask, never y."""
-
-    @staticmethod
-    def forward(ctx, input, weight, bias=None):
-        output, relu_mask = ops.linear_relu_forward(input, weight, bias)
-        save_for_linear_backward(ctx, input, weight, bias, relu_mask)
-        return output
+    >>> y = LinearReLUFunction.apply(x, weight, bias)
+    """
 
     @staticmethod
-    def backward(ctx, grad_output):
-        return linear_backward(ctx, grad_output)
+    def apply(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return ops.linear_relu_forward(input, weight, bias)[0]

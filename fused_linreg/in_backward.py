@@ -15,16 +15,25 @@ from typing import Optional
 
 import torch
 
+from fused_linreg._autocast import cast_linear_args
 from fused_linreg._ops import ops
 from torch.utils.weak import WeakIdKeyDictionary
 
 # Parameter -> the InBackwardSGD controller of the optimizer that owns it.
 _controllers: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# Live in-backward optimizers. A plain int, so that torch.compile folds the common case (none) to
+# the ordinary path without tracing into the registry.
+_live_optimizers = 0
+
+
+def _optimizer_gone() -> None:
+    global _live_optimizers
+    _live_optimizers -= 1
 
 
 def controller_for(weight: torch.Tensor) -> Optional["InBackwardSGD"]:
     """The in-backward optimizer of this weight, when its forward should take the in-backward path."""
-    if not _controllers or not torch.is_grad_enabled() or not weight.requires_grad:
+    if _live_optimizers == 0 or not torch.is_grad_enabled() or not weight.requires_grad:
         return None
     controller = _controllers.get(weight)
     if controller is not None and not controller.alive():
@@ -43,6 +52,9 @@ class InBackwardSGD:
     """The in-backward side of one FusedSGD: which parameters it updated since the last step()."""
 
     def __init__(self, optimizer: torch.optim.Optimizer):
+        global _live_optimizers
+        _live_optimizers += 1
+        weakref.finalize(optimizer, _optimizer_gone)
         self._optimizer = weakref.ref(optimizer)
         self._updated: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._pending: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -101,8 +113,9 @@ class InBackwardSGD:
         buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.contiguous_format)
         return buf, True
 
-    def apply(self, grad_output, input, weight, relu_mask, bias) -> None:
-        """Updates weight (and bias) from this layer's gradient, in place."""
+    def apply(self, grad_output, input, relu_mask, weight, bias) -> None:
+        """Updates weight (and bias) in place from this layer's gradient (grad_output and input in
+        the dtype the layer computed in)."""
         for p in (weight, bias):
             if p is not None and p in self._updated:
                 raise RuntimeError(
@@ -116,11 +129,21 @@ class InBackwardSGD:
             bias = None
         weight_buf, init_weight = self._momentum_buffer(weight, momentum)
         bias_buf, init_bias = self._momentum_buffer(bias, momentum) if bias is not None else (None, False)
-        ops.linear_backward_sgd_(
-            grad_output, input, weight, relu_mask, bias, weight_buf, bias_buf, init_weight, init_bias,
-            float(group["lr"]), float(momentum), float(group["dampening"]),
-            float(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]),
-        )
+        options = (float(group["lr"]), float(momentum), float(group["dampening"]),
+                   float(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]))
+        if input.dtype == weight.dtype:
+            ops.linear_backward_sgd_(grad_output, input, weight, relu_mask, bias, weight_buf,
+                                     bias_buf, init_weight, init_bias, *options)
+        else:
+            # Autocast: the gradients come in a lower precision than the parameters. They are
+            # computed, converted to the parameters' dtype and applied; this path does
+            # materialise the weight gradient.
+            _, grad_weight, grad_bias = ops.linear_backward(
+                grad_output, input, weight.to(input.dtype), relu_mask, [False, True, bias is not None])
+            params = [weight] + ([bias] if bias is not None else [])
+            grads = [grad_weight.to(weight.dtype)] + ([grad_bias.to(bias.dtype)] if bias is not None else [])
+            buffers = [b for b in (weight_buf, bias_buf) if b is not None]
+            ops.sgd_step_(params, grads, buffers, [init_weight, init_bias][:len(buffers)], *options)
         self._updated[weight] = True
         if bias is not None:
             self._updated[bias] = True
@@ -132,11 +155,14 @@ class LinearInBackwardSGD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, relu: bool, controller: InBackwardSGD):
         ctx.pending = controller.forward_started(weight)
+        # Under torch.autocast the layer computes in the autocast dtype, as nn.Linear does; the
+        # update still goes to the parameters in their own dtype.
+        x, w, b = cast_linear_args(input, weight, bias, input.device.type)
         if relu:
-            output, relu_mask = ops.linear_relu_forward(input, weight, bias)
+            output, relu_mask = ops.linear_relu_forward(x, w, b)
         else:
-            output, relu_mask = ops.linear_forward(input, weight, bias), None
-        ctx.save_for_backward(input, weight, relu_mask, bias)
+            output, relu_mask = ops.linear_forward(x, w, b), None
+        ctx.save_for_backward(x, w, relu_mask, weight, bias)
         ctx.controller = controller
         return output
 
@@ -147,10 +173,10 @@ class LinearInBackwardSGD(torch.autograd.Function):
                 "FusedSGD(in_backward=True): second backward through a graph whose parameters "
                 "were already updated (retain_graph); not supported with in_backward=True"
             )
-        input, weight, relu_mask, bias = ctx.saved_tensors
+        x, w, relu_mask, weight, bias = ctx.saved_tensors
         grad_input = None
         if ctx.needs_input_grad[0]:  # with the weight as it was in the forward
-            grad_input = ops.linear_backward(grad_output, input, weight, relu_mask, [True, False, False])[0]
-        ctx.controller.apply(grad_output, input, weight, relu_mask, bias)
+            grad_input = ops.linear_backward(grad_output, x, w, relu_mask, [True, False, False])[0]
+        ctx.controller.apply(grad_output, x, relu_mask, weight, bias)
         ctx.pending.done = True
         return grad_input, None, None, None, None

@@ -49,21 +49,22 @@ template <typename A> struct Vec {
   typedef A type __attribute__((vector_size(FUSED_LINREG_VECTOR_BYTES), aligned(sizeof(A))));
 };
 
-// Bit l of the result is set when v[l] > 0.
-template <typename A> inline uint32_t positive_lanes(typename Vec<A>::type v) {
+// Bit l of the result is set where the ReLU passes the gradient: !(v[l] <= 0), i.e. positive or
+// NaN outputs, as torch's threshold_backward(grad, output, 0) decides.
+template <typename A> inline uint32_t gradient_lanes(typename Vec<A>::type v) {
 #if defined(FUSED_LINREG_ISA_AVX512)
   if constexpr (sizeof(A) == 4)
-    return _mm512_cmp_ps_mask(__m512(v), _mm512_setzero_ps(), _CMP_GT_OQ);
+    return _mm512_cmp_ps_mask(__m512(v), _mm512_setzero_ps(), _CMP_NLE_UQ);
   else
-    return _mm512_cmp_pd_mask(__m512d(v), _mm512_setzero_pd(), _CMP_GT_OQ);
+    return _mm512_cmp_pd_mask(__m512d(v), _mm512_setzero_pd(), _CMP_NLE_UQ);
 #elif defined(FUSED_LINREG_ISA_AVX2)
   if constexpr (sizeof(A) == 4)
-    return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(__m256(v), _mm256_setzero_ps(), _CMP_GT_OQ)));
+    return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(__m256(v), _mm256_setzero_ps(), _CMP_NLE_UQ)));
   else
-    return unsigned(_mm256_movemask_pd(_mm256_cmp_pd(__m256d(v), _mm256_setzero_pd(), _CMP_GT_OQ)));
+    return unsigned(_mm256_movemask_pd(_mm256_cmp_pd(__m256d(v), _mm256_setzero_pd(), _CMP_NLE_UQ)));
 #else
   uint32_t bits = 0;
-  for (int l = 0; l < Vec<A>::width; ++l) bits |= uint32_t(v[l] > A(0)) << l;
+  for (int l = 0; l < Vec<A>::width; ++l) bits |= uint32_t(!(v[l] <= A(0))) << l;
   return bits;
 #endif
 }
@@ -100,16 +101,18 @@ template <typename A> struct ThreadBuffer {
   ~ThreadBuffer() { std::free(data); }
   A* get(int64_t n) {
     if (n > capacity) {
-      std::free(data);
-      capacity = round_up(max64(n, 1024), 16);
+      const int64_t want = round_up(max64(n, 1024), 16);
       // Large packed operands are walked in big strides: huge pages spare the TLB.
       const int64_t huge = 2 << 20;
-      const bool use_huge = int64_t(capacity * sizeof(A)) >= 2 * huge;
+      const bool use_huge = int64_t(want * sizeof(A)) >= 2 * huge;
       const int64_t align = use_huge ? huge : 64;
-      const int64_t bytes = round_up(int64_t(capacity * sizeof(A)), align);
-      data = static_cast<A*>(std::aligned_alloc(align, bytes));
-      if (data == nullptr) throw std::bad_alloc();
-      if (use_huge) madvise(data, bytes, MADV_HUGEPAGE);
+      const int64_t bytes = round_up(int64_t(want * sizeof(A)), align);
+      A* fresh = static_cast<A*>(std::aligned_alloc(align, bytes));
+      if (fresh == nullptr) throw std::bad_alloc();  // the old buffer stays valid
+      if (use_huge) madvise(fresh, bytes, MADV_HUGEPAGE);
+      std::free(data);
+      data = fresh;
+      capacity = want;
     }
     return data;
   }
@@ -311,9 +314,15 @@ void pack_panels(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb
 template <typename T>
 void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t mb, int64_t k0, int64_t kb, acc_t<T>* dst,
             acc_t<T>* row_sums) {
+  using A = acc_t<T>;
   const PanelMask pm{g.a_mask, g.a_mask_transposed, i0, k0};
-  pack_panels<Tile<acc_t<T>>::MR>(g.a + i0 * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs, mb, kb, dst,
-                                  g.a_mask.bits ? &pm : nullptr, row_sums);
+  // Sums of this block first, then added: a running sum over millions of rows would stall
+  // (float32 stops growing at 2^24), a sum per block of KC rows does not.
+  A* block_sums = row_sums ? thread_buffer<A, 6>(mb) : nullptr;
+  for (int64_t i = 0; block_sums && i < mb; ++i) block_sums[i] = 0;
+  pack_panels<Tile<A>::MR>(g.a + i0 * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs, mb, kb, dst,
+                           g.a_mask.bits ? &pm : nullptr, block_sums);
+  for (int64_t i = 0; block_sums && i < mb; ++i) row_sums[i] += block_sums[i];
 }
 
 // Packs B(k0 : k0+kb, j0 : j0+nb) into NR-column micro-panels: dst[(j / NR) * NR * kb + k * NR +
@@ -364,7 +373,7 @@ inline void finish_row(const GemmArgs<T>& g, typename Vec<acc_t<T>>::type* row, 
       // torch.relu keeps NaN and -0.0: only values below zero become zero.
       if (g.relu) row[v] = row[v] < A(0) ? V{} : row[v];
       std::memcpy(out + v * W, &row[v], sizeof(V));
-      if (g.relu) bits |= uint64_t(positive_lanes<A>(row[v])) << (v * W);
+      if (g.relu) bits |= uint64_t(gradient_lanes<A>(row[v])) << (v * W);
     }
   } else {
     A* vals = reinterpret_cast<A*>(row);
@@ -374,7 +383,7 @@ inline void finish_row(const GemmArgs<T>& g, typename Vec<acc_t<T>>::type* row, 
       if (g.relu) v = v < A(0) ? A(0) : v;
       out[j] = from_acc<T>(v);
       // The mask is taken from the stored output, as PyTorch's backward sees it.
-      bits |= uint64_t(to_acc(out[j]) > A(0)) << j;
+      bits |= uint64_t(!(to_acc(out[j]) <= A(0))) << j;
     }
   }
   if (g.relu && g.c_mask.bits) {
@@ -411,9 +420,11 @@ inline void microkernel(int64_t kc, const acc_t<T>* __restrict a, const acc_t<T>
   using A = acc_t<T>;
   using V = typename Vec<A>::type;
   constexpr int MR = Tile<A>::MR, NV = Tile<A>::NV, W = Tile<A>::W, NR = Tile<A>::NR;
+  // -0.0, not +0.0, is the identity of IEEE addition: a sum of -0.0 terms (or none, plus a -0.0
+  // bias) stays -0.0 as in F.linear.
   V acc[MR][NV];
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = V{};
+    for (int v = 0; v < NV; ++v) acc[i][v] = -V{};
   for (int64_t k = 0; k < kc; ++k) {
     V bv[NV];
     for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + k * NR + v * W, sizeof(V));

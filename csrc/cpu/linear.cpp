@@ -10,6 +10,17 @@
 namespace fused_linreg::cpu {
 namespace {
 
+// Runs the GEMM; an allocation failure of its packing buffers becomes an error naming the shapes.
+template <typename T>
+void run_gemm(const GemmArgs<T>& g, const char* op, const at::Tensor& input, const at::Tensor& weight) {
+  try {
+    active_kernels().get<T>().gemm(g);
+  } catch (const std::bad_alloc&) {
+    TORCH_CHECK(false, op, ": out of memory for the packed operands of input ", input.sizes(),
+                " and weight ", weight.sizes());
+  }
+}
+
 BitMask bitmask(const at::Tensor& mask, int64_t row_bytes) {
   return BitMask{mask.data_ptr<uint8_t>(), row_bytes};
 }
@@ -34,7 +45,7 @@ void forward_into(const at::Tensor& x, const at::Tensor& weight, const OptionalT
     g.bias = bias.has_value() ? data_as<const T>(*bias) : nullptr;
     g.relu = mask != nullptr;
     if (mask) g.c_mask = bitmask(*mask, relu_mask_row_bytes(g.N));
-    active_kernels().get<T>().gemm(g);
+    run_gemm(g, "fused_linreg.linear_forward", x, weight);
   });
 }
 
@@ -59,6 +70,17 @@ GemmArgs<T> grad_weight_gemm(const at::Tensor& go, const at::Tensor& x, const Bi
   return g;
 }
 
+// The bitmask of an output computed elsewhere (float16 rounds after the float32 kernel): the bits
+// where the gradient passes, !(y <= 0), packed eight to a byte.
+at::Tensor mask_of_output(const at::Tensor& y, int64_t row_bytes) {
+  const at::Tensor rows = as_rows(y);
+  at::Tensor passes = at::zeros({rows.size(0), row_bytes * 8}, y.options().dtype(at::kByte));
+  passes.narrow(1, 0, rows.size(1)).copy_(rows.le(0).logical_not());
+  const at::Tensor weights = at::pow(2, at::arange(8, y.options().dtype(at::kInt))).to(at::kByte);
+  at::Tensor mask = passes.view({rows.size(0), row_bytes, 8}).mul(weights).sum(-1, false, at::kByte);
+  return mask.view(rows_shape(y, row_bytes));
+}
+
 // float16 runs through the float32 kernels: convert in, compute, convert out.
 bool is_half(const at::Tensor& t) { return t.scalar_type() == at::kHalf; }
 OptionalTensor to_float(const OptionalTensor& t) {
@@ -73,7 +95,8 @@ std::tuple<at::Tensor, at::Tensor> linear_relu_forward(const at::Tensor& input,
   check_linear_args("fused_linreg.linear_relu_forward", input, weight, bias);
   if (is_half(input)) {
     auto [y, mask] = linear_relu_forward(input.to(at::kFloat), weight.to(at::kFloat), to_float(bias));
-    return {y.to(at::kHalf), mask};
+    const at::Tensor y_half = y.to(at::kHalf);
+    return {y_half, mask_of_output(y_half, mask.size(-1))};
   }
   const at::Tensor x = as_rows(input);
   const int64_t n = weight.size(0);
@@ -119,7 +142,6 @@ LinearGrads linear_backward(const at::Tensor& grad_output, const at::Tensor& inp
     using T = decltype(tag);
     using A = acc_t<T>;
     const BitMask bits = mask.defined() ? bitmask(mask, mask.size(1)) : BitMask{};
-    const TypedKernels<T>& kernels = active_kernels().get<T>();
 
     if (output_mask[0]) {  // grad_input [M, K] = G' @ W, G' = mask(grad_output)
       at::Tensor gi = at::empty({M, K}, input.options());
@@ -136,7 +158,7 @@ LinearGrads linear_backward(const at::Tensor& grad_output, const at::Tensor& inp
       g.b_cs = weight.stride(1);
       g.c = data_as<T>(gi);
       g.ldc = K;
-      kernels.gemm(g);
+      run_gemm(g, "fused_linreg.linear_backward", x, weight);
       grad_input = gi.view(input.sizes());
     }
 
@@ -150,7 +172,7 @@ LinearGrads linear_backward(const at::Tensor& grad_output, const at::Tensor& inp
       if (!output_mask[1]) g.N = 0;
       g.a_row_sums = output_mask[2] ? data_as<A>(bias_acc) : nullptr;
       g.c = output_mask[1] ? data_as<T>(gw) : nullptr;
-      kernels.gemm(g);
+      run_gemm(g, "fused_linreg.linear_backward", x, weight);
       if (output_mask[1]) grad_weight = gw;
       if (output_mask[2]) grad_bias = bias_acc.to(input.scalar_type());
     }
@@ -177,7 +199,6 @@ void linear_backward_sgd_(const at::Tensor& grad_output, const at::Tensor& input
   dispatch_dtype(input.scalar_type(), "fused_linreg.linear_backward_sgd_", [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
-    const TypedKernels<T>& kernels = active_kernels().get<T>();
     // The weight gradient never exists as a tensor: each finished tile of it updates the weight.
     GemmArgs<T> g = grad_weight_gemm<T>(go, x, mask.defined() ? bitmask(mask, mask.size(1)) : BitMask{}, N);
     at::Tensor bias_grad_acc;
@@ -194,14 +215,14 @@ void linear_backward_sgd_(const at::Tensor& grad_output, const at::Tensor& input
     g.sgd.weight_decay = weight_decay;
     g.sgd.nesterov = nesterov;
     g.sgd.maximize = maximize;
-    kernels.gemm(g);
+    run_gemm(g, "fused_linreg.linear_backward_sgd_", x, weight);
     if (bias.has_value()) {
       // The bias gradient is a vector: rounded to the bias dtype, then one SGD step.
       const at::Tensor bias_grad = bias_grad_acc.to(bias->scalar_type());
       const SgdTensor<T> t{data_as<T>(*bias), data_as<const T>(bias_grad),
                            momentum != 0 ? data_as<T>(*bias_momentum_buffer) : nullptr, N,
                            momentum != 0 && init_bias_momentum};
-      kernels.sgd(&t, 1, options, 1.0);
+      active_kernels().get<T>().sgd(&t, 1, options, 1.0);
     }
   });
 }

@@ -17,8 +17,7 @@ namespace {
 struct Working {
   at::Tensor original, work;
   Working(const at::Tensor& t, at::ScalarType dtype)
-      : original(t), work(t.to(dtype, /*non_blocking=*/false, /*copy=*/false,
-                               at::MemoryFormat::Contiguous)) {}
+      : original(t), work(t.to(dtype).contiguous()) {}
   void write_back() const {
     if (!work.is_same(original)) original.copy_(work);
   }
@@ -42,7 +41,7 @@ void step(const std::vector<size_t>& indices, at::TensorList params, at::TensorL
       outs.emplace_back(buffers[i], dtype);
       b = data_as<T>(outs.back().work);
     }
-    grads_in.push_back(grads[i].to(dtype, false, false, at::MemoryFormat::Contiguous));
+    grads_in.push_back(grads[i].to(dtype).contiguous());
     tensors.push_back(SgdTensor<T>{p, data_as<T>(grads_in.back()), b, params[i].numel(),
                                    momentum && init.get(i)});
   }
