@@ -460,6 +460,9 @@ template <typename T> struct GemmPlan {
   int64_t mc, m_blocks;        // row blocks
   int64_t chunk_panels, chunks;  // column chunks of one task
   A* packed_b;  // [slice][K block][panel][kb][NR]
+  // With a single row block each B panel has one consumer: its task packs it right before use,
+  // into L2, instead of a shared pass that writes and rereads the whole packed operand.
+  bool pack_b_in_task;
   A* slice_out;  // split-K partial results: [slice][M][round_up(ncols, NR)], else nullptr
   A* row_sum_partials;  // [slice][M] when g->a_row_sums, else nullptr
 
@@ -535,12 +538,19 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
       const int64_t kb = min64(KC, kend - k0);
       const bool first = k0 == kbeg, last = k0 + kb >= kend;
       pack_a(g, i0, mb, k0, kb, packed_a, row_sums);
-      const A* b_block = p.packed_b + p.packed_b_offset(s, k0);
+      const A* b_block;  // the B micro-panels jp0 .. jp1 of this K block, NR * kb apart
+      if (p.pack_b_in_task) {
+        A* own = thread_buffer<A, 7>((jp1 - jp0) * NR * KC);
+        pack_b(g, k0, kb, p.j0 + jp0 * NR, min64((jp1 - jp0) * NR, p.ncols - jp0 * NR), own);
+        b_block = own;
+      } else {
+        b_block = p.packed_b + p.packed_b_offset(s, k0) + jp0 * kb * NR;
+      }
       // The A micro-panel stays in L1 while the chunk's B micro-panels stream from L2.
       for (int64_t ip = 0; ip < mb; ip += MR) {
         for (int64_t jp = jp0; jp < jp1; ++jp) {
           A* tile = out + ip * ld + (jp - jp0) * NR;
-          microkernel<T>(kb, packed_a + ip * kb, b_block + jp * kb * NR, tile, ld, !first,
+          microkernel<T>(kb, packed_a + ip * kb, b_block + (jp - jp0) * kb * NR, tile, ld, !first,
                          last && !p.slice_out ? &g : nullptr, i0 + ip, p.j0 + jp * NR,
                          min64(MR, mb - ip), min64(NR, p.ncols - jp * NR));
         }
@@ -643,7 +653,8 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
     p.chunk_panels = ceil_div(p.npanels, chunks);
     p.chunks = ceil_div(p.npanels, p.chunk_panels);
 
-    run_parallel(pack_b_tasks(p), threaded, &pack_b_task<T>, &p);
+    p.pack_b_in_task = p.m_blocks == 1;
+    if (!p.pack_b_in_task) run_parallel(pack_b_tasks(p), threaded, &pack_b_task<T>, &p);
     run_parallel(p.slices * p.m_blocks * p.chunks, threaded, &compute_task<T>, &p);
     if (p.slices > 1)
       run_parallel(ceil_div(g.M, MR) * p.npanels, threaded, &reduce_slices_task<T>, &p);
