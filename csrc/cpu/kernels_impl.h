@@ -367,13 +367,19 @@ inline void finish_row(const GemmArgs<T>& g, typename Vec<acc_t<T>>::type* row, 
   }
   uint64_t bits = 0;
   T* out = g.c + m * g.ldc + n0;
-  if (std::is_same_v<T, A> && nr == NR) {
+  if constexpr (std::is_same_v<T, A>) {
+    // Vectors, with masked loads and stores for the lanes past a narrow output's last column.
     for (int v = 0; v < NV; ++v) {
-      if (g.bias) row[v] += VecOps<A>::load(g.bias + n0 + v * W, W);
+      const int lanes = int(min64(W, max64(0, nr - v * W)));
+      if (lanes == 0) break;
+      if (g.bias) row[v] += VecOps<A>::load(g.bias + n0 + v * W, lanes);
       // torch.relu keeps NaN and -0.0: only values below zero become zero.
       if (g.relu) row[v] = row[v] < A(0) ? V{} : row[v];
-      std::memcpy(out + v * W, &row[v], sizeof(V));
-      if (g.relu) bits |= uint64_t(gradient_lanes<A>(row[v])) << (v * W);
+      if (lanes == W)
+        std::memcpy(out + v * W, &row[v], sizeof(V));
+      else
+        VecOps<A>::store(out + v * W, row[v], lanes);
+      if (g.relu) bits |= uint64_t(gradient_lanes<A>(row[v]) & ((uint64_t(1) << lanes) - 1)) << (v * W);
     }
   } else {
     A* vals = reinterpret_cast<A*>(row);
