@@ -21,6 +21,12 @@ void run_gemm(const GemmArgs<T>& g, const char* op, const at::Tensor& input, con
   }
 }
 
+// A ReLU mask as rows of bytes, each row contiguous (any row pitch: bitmask() takes stride(0)).
+at::Tensor mask_rows(const at::Tensor& relu_mask) {
+  at::Tensor rows = as_rows(relu_mask);
+  return rows.stride(1) == 1 ? rows : rows.contiguous();
+}
+
 BitMask bitmask(const at::Tensor& mask, int64_t row_bytes) {
   return BitMask{mask.data_ptr<uint8_t>(), row_bytes};
 }
@@ -134,14 +140,14 @@ LinearGrads linear_backward(const at::Tensor& grad_output, const at::Tensor& inp
   }
   const at::Tensor go = as_rows(grad_output);
   const at::Tensor x = as_rows(input);
-  const at::Tensor mask = relu_mask.has_value() ? as_rows(*relu_mask) : at::Tensor();
+  const at::Tensor mask = relu_mask.has_value() ? mask_rows(*relu_mask) : at::Tensor();
   const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
   OptionalTensor grad_input, grad_weight, grad_bias;
 
   dispatch_dtype(input.scalar_type(), "fused_linreg.linear_backward", [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
-    const BitMask bits = mask.defined() ? bitmask(mask, mask.size(1)) : BitMask{};
+    const BitMask bits = mask.defined() ? bitmask(mask, mask.stride(0)) : BitMask{};
 
     if (output_mask[0]) {  // grad_input [M, K] = G' @ W, G' = mask(grad_output)
       at::Tensor gi = at::empty({M, K}, input.options());
@@ -192,7 +198,7 @@ void linear_backward_sgd_(const at::Tensor& grad_output, const at::Tensor& input
   TORCH_CHECK_TYPE(!is_half(input), "fused_linreg.linear_backward_sgd_: float16 is not supported on CPU");
   const at::Tensor go = as_rows(grad_output);
   const at::Tensor x = as_rows(input);
-  const at::Tensor mask = relu_mask.has_value() ? as_rows(*relu_mask) : at::Tensor();
+  const at::Tensor mask = relu_mask.has_value() ? mask_rows(*relu_mask) : at::Tensor();
   const int64_t N = weight.size(0);
   const SgdOptions options{lr, momentum, dampening, weight_decay, nesterov, maximize};
 
@@ -200,7 +206,7 @@ void linear_backward_sgd_(const at::Tensor& grad_output, const at::Tensor& input
     using T = decltype(tag);
     using A = acc_t<T>;
     // The weight gradient never exists as a tensor: each finished tile of it updates the weight.
-    GemmArgs<T> g = grad_weight_gemm<T>(go, x, mask.defined() ? bitmask(mask, mask.size(1)) : BitMask{}, N);
+    GemmArgs<T> g = grad_weight_gemm<T>(go, x, mask.defined() ? bitmask(mask, mask.stride(0)) : BitMask{}, N);
     at::Tensor bias_grad_acc;
     if (bias.has_value()) {
       bias_grad_acc = at::empty({N}, input.options().dtype(scalar_type_of<A>()));
