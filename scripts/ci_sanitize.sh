@@ -53,12 +53,17 @@ echo "   built in $(( $(date +%s) - START ))s"
 
 LIBASAN=$(gcc -print-file-name=libasan.so)
 [ -f "$LIBASAN" ] || die "libasan not found (gcc -print-file-name=libasan.so gave '$LIBASAN')"
+# libstdc++ must be loaded when ASan starts, or its __cxa_throw interceptor finds no real
+# __cxa_throw (python itself does not link libstdc++) and the first C++ exception aborts.
+LIBSTDCXX=$(g++ -print-file-name=libstdc++.so)
+[ -f "$LIBSTDCXX" ] || die "libstdc++ not found (g++ -print-file-name=libstdc++.so gave '$LIBSTDCXX')"
 
-# Python and torch are not instrumented; only leak detection is off (CPython keeps memory until
-# exit by design). Every report goes to $REPORTS (one file per process), including those of the
+# Python and torch are not instrumented; leak detection is off (CPython keeps memory until exit
+# by design), and an impossible allocation returns NULL as without ASan (the tests make some on
+# purpose, to check they become Python errors). Every report goes to $REPORTS (one file per process), including those of the
 # subprocesses the tests start.
-export LD_PRELOAD=$LIBASAN
-export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:log_path=$REPORTS/asan:log_exe_name=1"
+export LD_PRELOAD="$LIBASAN $LIBSTDCXX"
+export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:halt_on_error=1:abort_on_error=1:log_path=$REPORTS/asan:log_exe_name=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$REPORTS/ubsan:log_exe_name=1"
 export PYTHONPATH=$SRC
 export OMP_WAIT_POLICY=PASSIVE
@@ -81,10 +86,13 @@ for f in "${FILES[@]}"; do
   echo "   $status $f ($(( $(date +%s) - t0 ))s): $(tail -1 "$WORK/$(basename "$f" .py).log")"
 done
 
-reports=$(ls "$REPORTS" 2>/dev/null)
+# A report is an error (ASan's "ERROR:", UBSan's "runtime error:"); the log files also receive
+# warnings, e.g. for the impossible allocations above, which are not reports.
+reports=$(grep -l -E "ERROR: AddressSanitizer|runtime error:|SUMMARY: (AddressSanitizer|UndefinedBehaviorSanitizer)" \
+  "$REPORTS"/* 2>/dev/null)
 if [ -n "$reports" ]; then
   echo "== sanitizer reports:"
-  for r in "$REPORTS"/*; do echo "--- $r"; head -60 "$r"; done
+  for r in $reports; do echo "--- $r"; grep -v "failed to allocate" "$r" | head -60; done
 fi
 echo "== $(( $(date +%s) - START ))s in all; logs in $WORK"
 if [ ${#failed[@]} -gt 0 ] || [ -n "$reports" ]; then
