@@ -35,42 +35,35 @@ void check_same(const char* op, const std::string& name, const at::Tensor& t, co
               " on the same device, got ", t.device(), " and ", ref.device());
 }
 
-// Memory written by one SGD step must not be shared: params and momentum buffers are updated in
-// place (possibly in parallel), and a gradient may be read only where it is not written, or be
-// exactly the tensor written (same elements, same layout).
-struct Extent {
-  const c10::StorageImpl* storage;
-  uintptr_t begin, end;  // bytes
+// Tensors that an op updates in place must not share memory with each other, nor with the tensors
+// it reads (the update may run in parallel, or while those are still being read). A read tensor
+// may be exactly a written one of the same `group` (a gradient that is its own parameter: read
+// and written element by element, allowed as in torch.optim.SGD).
+struct Operand {
   const at::Tensor* tensor;
   std::string name;
-  char kind;  // 'p'arams, momentum 'b'uffers or 'g'rads
-  size_t index;
+  bool written;
+  int64_t group = -1;
 };
 
-Extent extent_of(const at::Tensor& t, const char* name, size_t index) {
-  uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr()), span = 1;
-  for (int64_t d = 0; d < t.dim(); ++d) span += uintptr_t(t.size(d) - 1) * uintptr_t(t.stride(d));
-  return {t.storage().unsafeGetStorageImpl(), begin, begin + span * t.element_size(), &t,
-          indexed(name, index), name[0], index};
-}
-
-void check_sgd_aliasing(const char* op, at::TensorList params, at::TensorList grads,
-                        at::TensorList buffers) {
-  std::vector<Extent> extents;
-  auto add = [&](at::TensorList list, const char* name) {
-    for (size_t i = 0; i < list.size(); ++i) {
-      const at::Tensor& t = list[i];
-      if (t.numel() == 0 || !t.has_storage()) continue;
-      if (name[0] != 'g')
-        TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, op, ": ", indexed(name, i),
-                    " has elements that share memory (e.g. an expanded tensor), so it cannot be "
-                    "updated in place");
-      extents.push_back(extent_of(t, name, i));
-    }
+void check_written_memory(const char* op, const std::vector<Operand>& operands, const char* rule) {
+  struct Extent {
+    const c10::StorageImpl* storage;
+    uintptr_t begin, end;  // bytes
+    const Operand* operand;
   };
-  add(params, "params");
-  add(buffers, "momentum_buffers");
-  add(grads, "grads");
+  std::vector<Extent> extents;
+  for (const Operand& o : operands) {
+    const at::Tensor& t = *o.tensor;
+    if (!t.defined() || t.numel() == 0 || !t.has_storage()) continue;
+    if (o.written)
+      TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, op, ": ", o.name,
+                  " has elements that share memory (e.g. an expanded tensor), so it cannot be "
+                  "updated in place");
+    uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr()), span = 1;
+    for (int64_t d = 0; d < t.dim(); ++d) span += uintptr_t(t.size(d) - 1) * uintptr_t(t.stride(d));
+    extents.push_back({t.storage().unsafeGetStorageImpl(), begin, begin + span * t.element_size(), &o});
+  }
   std::sort(extents.begin(), extents.end(), [](const Extent& a, const Extent& b) {
     return a.storage != b.storage ? a.storage < b.storage : a.begin < b.begin;
   });
@@ -78,22 +71,35 @@ void check_sgd_aliasing(const char* op, at::TensorList params, at::TensorList gr
     for (size_t j = i + 1; j < extents.size(); ++j) {
       const Extent &a = extents[i], &b = extents[j];
       if (b.storage != a.storage || b.begin >= a.end) break;
-      if (a.kind == 'g' && b.kind == 'g') continue;  // gradients are only read
-      const at::MemOverlapStatus status = at::get_overlap_status(*a.tensor, *b.tensor);
+      if (!a.operand->written && !b.operand->written) continue;  // both only read
+      const at::Tensor &ta = *a.operand->tensor, &tb = *b.operand->tensor;
+      const at::MemOverlapStatus status = at::get_overlap_status(ta, tb);
       if (status == at::MemOverlapStatus::No) continue;
       // Strided views whose ranges interleave may well be disjoint (columns of one matrix):
       // only the same first element is certainly shared.
       if (status == at::MemOverlapStatus::TooHard && a.begin != b.begin) continue;
-      // A gradient that is exactly its own parameter (same elements, same layout) is read and
-      // written element by element: allowed, as in torch.optim.SGD.
-      const bool own_grad = a.index == b.index && ((a.kind == 'p' && b.kind == 'g') ||
-                                                   (a.kind == 'g' && b.kind == 'p'));
-      if (own_grad && a.begin == b.begin && a.tensor->strides() == b.tensor->strides()) continue;
-      TORCH_CHECK(false, op,
-                  ": ", a.name, " and ", b.name, " share memory; the parameters and momentum "
-                  "buffers of one step must not overlap each other or other gradients");
+      const bool same_group = a.operand->group >= 0 && a.operand->group == b.operand->group &&
+                              a.operand->written != b.operand->written;
+      if (same_group && a.begin == b.begin && ta.sizes() == tb.sizes() && ta.strides() == tb.strides())
+        continue;
+      TORCH_CHECK(false, op, ": ", a.operand->name, " and ", b.operand->name, " share memory; ", rule);
     }
   }
+}
+
+void check_sgd_aliasing(const char* op, at::TensorList params, at::TensorList grads,
+                        at::TensorList buffers) {
+  std::vector<Operand> operands;
+  operands.reserve(params.size() + grads.size() + buffers.size());
+  for (size_t i = 0; i < params.size(); ++i)
+    operands.push_back({&params[i], indexed("params", i), true, int64_t(i)});
+  for (size_t i = 0; i < buffers.size(); ++i)
+    operands.push_back({&buffers[i], indexed("momentum_buffers", i), true});
+  for (size_t i = 0; i < grads.size(); ++i)
+    operands.push_back({&grads[i], indexed("grads", i), false, int64_t(i)});
+  check_written_memory(op, operands,
+                       "the parameters and momentum buffers of one step must not overlap each "
+                       "other or other gradients");
 }
 
 }  // namespace
@@ -167,7 +173,6 @@ void check_linear_backward_sgd_args(const at::Tensor& grad_output, const at::Ten
                 " but its parameter has shape ", param.sizes());
     check_same(op, name, *buf, param, "its parameter");
     TORCH_CHECK(buf->is_contiguous(), op, ": ", name, " must be contiguous");
-    TORCH_CHECK(!buf->is_same(param), op, ": ", name, " is its own parameter");
   };
   check_param(weight, "weight");
   if (bias.has_value()) check_param(*bias, "bias");
@@ -175,6 +180,16 @@ void check_linear_backward_sgd_args(const at::Tensor& grad_output, const at::Ten
     check_buffer(weight_momentum_buffer, weight, "weight_momentum_buffer");
     if (bias.has_value()) check_buffer(bias_momentum_buffer, *bias, "bias_momentum_buffer");
   }
+  std::vector<Operand> operands{{&weight, "weight", true}, {&input, "input", false},
+                                {&grad_output, "grad_output", false}};
+  if (bias.has_value()) operands.push_back({&*bias, "bias", true});
+  if (momentum != 0) {
+    operands.push_back({&*weight_momentum_buffer, "weight_momentum_buffer", true});
+    if (bias.has_value()) operands.push_back({&*bias_momentum_buffer, "bias_momentum_buffer", true});
+  }
+  check_written_memory(op, operands,
+                       "the weight, bias and momentum buffers are updated in place during the "
+                       "backward and must not overlap each other, the input or grad_output");
 }
 
 void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,

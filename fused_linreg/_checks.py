@@ -68,6 +68,24 @@ def linear_backward_args(grad_output, input, weight, relu_mask):
             f"{op}: relu_mask must be on the input's device {input.device}, got {relu_mask.device}"))
 
 
+def linear_backward_sgd_args(grad_output, input, weight, relu_mask, bias, weight_momentum_buffer,
+                             bias_momentum_buffer, momentum):
+    op = "fused_linreg.linear_backward_sgd_"
+    linear_backward_args(grad_output, input, weight, relu_mask)
+    linear_args(op, input, weight, bias)
+    params = [("weight", weight, "weight_momentum_buffer", weight_momentum_buffer)]
+    if bias is not None:
+        params.append(("bias", bias, "bias_momentum_buffer", bias_momentum_buffer))
+    for name, param, buf_name, buf in params:
+        torch._check(param.is_contiguous(), lambda: f"{op}: {name} must be contiguous to be updated in the backward")
+        if momentum != 0:
+            torch._check(buf is not None, lambda: f"{op}: momentum={momentum} needs {buf_name}")
+            torch._check(buf.shape == param.shape, lambda: (
+                f"{op}: {buf_name} has shape {list(buf.shape)} but its parameter has shape {list(param.shape)}"))
+            _same(op, buf_name, buf, param, "its parameter")
+            torch._check(buf.is_contiguous(), lambda: f"{op}: {buf_name} must be contiguous")
+
+
 def sgd_args(params, grads, momentum_buffers, init_momentum_buffers, momentum, grad_scale, found_inf):
     op = "fused_linreg.sgd_step_"
     torch._check(len(grads) == len(params), lambda: f"{op}: got {len(params)} params but {len(grads)} grads")
@@ -108,6 +126,8 @@ _ARGUMENTS = {
     "linear_forward": ("input", "weight", "bias"),
     "linear_relu_forward": ("input", "weight", "bias"),
     "linear_backward": ("grad_output", "input", "weight", "relu_mask"),
+    "linear_backward_sgd_": ("grad_output", "input", "weight", "relu_mask", "bias",
+                             "weight_momentum_buffer", "bias_momentum_buffer"),
     "sgd_step_": ("params", "grads", "momentum_buffers"),
 }
 

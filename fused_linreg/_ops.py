@@ -48,6 +48,8 @@ def _linear_backward_fake(grad_output, input, weight, relu_mask, output_mask):
 def _linear_backward_sgd_fake(grad_output, input, weight, relu_mask, bias, weight_momentum_buffer,
                               bias_momentum_buffer, init_weight_momentum, init_bias_momentum, lr,
                               momentum, dampening, weight_decay, nesterov, maximize):
+    _checks.linear_backward_sgd_args(grad_output, input, weight, relu_mask, bias,
+                                     weight_momentum_buffer, bias_momentum_buffer, momentum)
     return None
 
 
@@ -83,7 +85,8 @@ if not _C.build_info()["cuda"]:
 # ---- a clear error naming the argument for sparse tensors (instead of a dispatcher message) -----
 
 _dense_only_lib = torch.library.Library("fused_linreg", "IMPL")
-for _name in ("linear_forward", "linear_relu_forward", "linear_backward", "sgd_step_"):
+for _name in ("linear_forward", "linear_relu_forward", "linear_backward", "linear_backward_sgd_",
+              "sgd_step_"):
     for _key in ("SparseCPU", "SparseCUDA", "SparseCsrCPU", "SparseCsrCUDA"):
         _dense_only_lib.impl(_name, _checks.not_dense(_name), _key)
 

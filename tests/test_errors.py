@@ -30,6 +30,11 @@ meta = lambda *s, dtype=torch.float32: torch.empty(*s, device="meta", dtype=dtyp
 huge_rows = torch.zeros(1, 1).expand(2 ** 62, 1)  # 2^62 logical rows, one element of memory
 p, q = torch.zeros(10), torch.zeros(10)
 g1, g2 = torch.ones(10), torch.ones(10)
+def bsgd(w, b=None, wb=None, bb=None, momentum=0.9, grad_output=None, input=None, relu_mask=None):
+    grad_output = go if grad_output is None else grad_output
+    return ops.linear_backward_sgd_(grad_output, x if input is None else input, w, relu_mask, b, wb, bb,
+                                    True, True, 0.1, momentum, 0.0, 0.0, False, False)
+w0, wb0 = torch.zeros(5, 4), torch.zeros(5, 4)
 def sgd(params, grads, bufs=(), init=(), momentum=0.0, grad_scale=None, found_inf=None):
     return ops.sgd_step_(list(params), list(grads), list(bufs), list(init), 0.1, momentum, 0.0, 0.0,
                          False, False, grad_scale, found_inf)
@@ -99,6 +104,30 @@ OTHER_CASES = {
                                     [r"output_mask"]),
     "backward_sparse_grad_output": ("ops.linear_backward(go.to_sparse(), x, w, None, [True] * 3)",
                                     "TypeError", [r"grad_output", r"dense|sparse"]),
+    # linear_backward_sgd_ (SGD inside the backward)
+    "bsgd_in_features": ("bsgd(torch.zeros(5, 6), wb=torch.zeros(5, 6))", "RuntimeError", [r"in_features"]),
+    "bsgd_grad_output_shape": ("bsgd(w0, wb=wb0, grad_output=torch.randn(3, 6))", "RuntimeError",
+                               [r"grad_output", r"shape"]),
+    "bsgd_weight_not_contiguous": ("bsgd(torch.zeros(4, 5).t(), wb=wb0)", "RuntimeError", [r"weight", r"contiguous"]),
+    "bsgd_missing_buffer": ("bsgd(w0)", "RuntimeError", [r"weight_momentum_buffer"]),
+    "bsgd_missing_bias_buffer": ("bsgd(w0, b=torch.zeros(5), wb=wb0)", "RuntimeError", [r"bias_momentum_buffer"]),
+    "bsgd_buffer_shape": ("bsgd(w0, wb=torch.zeros(4, 5))", "RuntimeError", [r"weight_momentum_buffer", r"shape"]),
+    "bsgd_buffer_dtype": ("bsgd(w0, wb=wb0.double())", "TypeError", [r"weight_momentum_buffer", r"dtype"]),
+    "bsgd_int_weight": ("bsgd(w0.long(), wb=wb0.long())", "TypeError", [r"weight", r"float"]),
+    "bsgd_buffer_is_weight": ("bsgd(w0, wb=w0)", "RuntimeError", [r"weight\b", r"weight_momentum_buffer", r"share"]),
+    "bsgd_buffer_overlaps_weight": ("base = torch.zeros(40); bsgd(base[:20].view(5, 4), wb=base[4:24].view(5, 4))",
+                                    "RuntimeError", [r"weight", r"weight_momentum_buffer", r"share"]),
+    "bsgd_bias_overlaps_weight": ("base = torch.zeros(20); bsgd(base.view(5, 4), b=base[15:], wb=wb0, bb=torch.zeros(5))",
+                                  "RuntimeError", [r"weight", r"bias", r"share"]),
+    "bsgd_input_is_weight": ("wq = torch.zeros(4, 4); "
+                             "bsgd(wq, wb=torch.zeros(4, 4), grad_output=torch.randn(4, 4), input=wq)",
+                             "RuntimeError", [r"weight", r"input", r"share"]),
+    "bsgd_expanded_buffer": ("bsgd(w0, wb=torch.zeros(1, 1).expand(5, 4))", "RuntimeError",
+                             [r"weight_momentum_buffer", r"contiguous|expanded|share"]),
+    "bsgd_meta_weight": ("bsgd(meta(5, 4), wb=wb0)", "RuntimeError", [r"weight", r"device"]),
+    "bsgd_meta_buffer": ("bsgd(w0, wb=meta(5, 4))", "RuntimeError", [r"weight_momentum_buffer", r"device"]),
+    "bsgd_sparse_grad_output": ("bsgd(w0, wb=wb0, grad_output=go.to_sparse())", "TypeError",
+                                [r"grad_output", r"dense|sparse"]),
     # sgd_step_
     "sgd_fewer_grads": ("sgd([p, q], [g1])", "RuntimeError", [r"2 params", r"1 grads"]),
     "sgd_more_grads": ("sgd([p], [g1, g2])", "RuntimeError", [r"1 params", r"2 grads"]),
