@@ -1,0 +1,62 @@
+// Part of the per-ISA CPU kernels (see kernels_impl.h):
+// tile sizes, blocking and per-thread buffers.
+// Included by kernels_impl.h inside the ISA's namespace, after the parts before it.
+
+// Blocking
+
+template <typename A> struct Tile {
+  static constexpr int W = Vec<A>::width;
+  // At least 8 columns, so that every micro-tile owns whole bytes of the ReLU bitmask.
+  static constexpr int NV = W >= 4 ? 2 : 8 / W;
+  static constexpr int NR = NV * W;
+  static constexpr int MR = sizeof(A) == 4 ? FUSED_LINREG_MR_F32 : FUSED_LINREG_MR_F64;
+  static constexpr int64_t KC = 256;
+  // An MC x KC block of packed A stays in L2; one micro-panel of it at a time sits in L1.
+  static constexpr int64_t MC_MAX = (256 * 1024 / (KC * int64_t(sizeof(A)))) / MR * MR;
+  // Packed B for one column block: K x NC elements, sized to stay in the last-level cache.
+  static constexpr int64_t B_BUDGET = 16 * 1024 * 1024 / int64_t(sizeof(A));
+  // Widest column range of one task, so the task's scratch tile stays in L2.
+  static constexpr int64_t TASK_COLS = 1024;
+  static_assert(NR % 8 == 0 && 32 % NR == 0, "micro-tiles must own whole bitmask bytes");
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Buffers reused across calls by the thread that owns them, so the per-call path allocates
+// nothing once warm.
+template <typename A> struct ThreadBuffer {
+  A* data = nullptr;
+  int64_t capacity = 0;
+  ~ThreadBuffer() { std::free(data); }
+  A* get(int64_t n) {
+    if (n > capacity) {
+      const int64_t want = round_up(max64(n, 1024), 16);
+      // Large packed operands are walked in big strides: huge pages spare the TLB.
+      const int64_t huge = 2 << 20;
+      const bool use_huge = int64_t(want * sizeof(A)) >= 2 * huge;
+      const int64_t align = use_huge ? huge : 64;
+      const int64_t bytes = round_up(int64_t(want * sizeof(A)), align);
+      A* fresh = static_cast<A*>(std::aligned_alloc(align, bytes));
+      if (fresh == nullptr) throw std::bad_alloc();  // the old buffer stays valid
+      if (use_huge) madvise(fresh, bytes, MADV_HUGEPAGE);
+      std::free(data);
+      data = fresh;
+      capacity = want;
+    }
+    return data;
+  }
+};
+template <typename A, int Slot> A* thread_buffer(int64_t n) {
+  static thread_local ThreadBuffer<A> buffer;
+  return buffer.get(n);
+}
+
+inline void run_parallel(int64_t tasks, bool threaded, ParallelBody body, void* ctx) {
+  if (threaded && tasks > 1)
+    parallel_for(tasks, body, ctx);
+  else
+    body(ctx, 0, tasks);
+}

@@ -1,0 +1,83 @@
+// Part of the per-ISA CPU kernels (see kernels_impl.h):
+// the epilogue: bias, ReLU and bitmask, or the in-backward SGD update.
+// Included by kernels_impl.h inside the ISA's namespace, after the parts before it.
+
+// Epilogue: a finished row segment of acc (NR lanes, nr valid) becomes output row m, columns n0..
+
+// The finished gradient row is the gradient of the parameter row: apply torch.optim.SGD's update.
+template <typename T>
+void sgd_row(const GemmArgs<T>& g, const acc_t<T>* grad_row, int64_t m, int64_t n0, int64_t nr) {
+  using A = acc_t<T>;
+  const SgdEpilogue<T>& s = g.sgd;
+  const A lr = A(s.lr), momentum = A(s.momentum), damp = A(1 - s.dampening), wd = A(s.weight_decay);
+  T* p = s.param + m * g.ldc + n0;
+  T* buf = s.momentum_buffer ? s.momentum_buffer + m * g.ldc + n0 : nullptr;
+  for (int64_t j = 0; j < nr; ++j) {
+    A b = buf ? to_acc(buf[j]) : A(0);
+    // The gradient is rounded to the parameter's dtype first, as autograd would store it.
+    const A grad = to_acc(from_acc<T>(grad_row[j]));
+    p[j] = from_acc<T>(sgd_update<A>(to_acc(p[j]), grad, &b, s.init_momentum_buffer, lr, momentum,
+                                     damp, wd, s.nesterov, s.maximize));
+    if (buf) buf[j] = from_acc<T>(b);
+  }
+}
+
+// out = act(acc + bias) with the ReLU bitmask; or the in-backward SGD update of the parameter.
+template <typename T>
+inline void finish_row(const GemmArgs<T>& g, typename Vec<acc_t<T>>::type* row, int64_t m,
+                       int64_t n0, int64_t nr) {
+  using A = acc_t<T>;
+  using V = typename Vec<A>::type;
+  constexpr int NV = Tile<A>::NV, W = Tile<A>::W, NR = Tile<A>::NR;
+  if (g.sgd.param != nullptr) {
+    sgd_row(g, reinterpret_cast<const A*>(row), m, n0, nr);
+    return;
+  }
+  uint64_t bits = 0;
+  T* out = g.c + m * g.ldc + n0;
+  if constexpr (std::is_same_v<T, A>) {
+    // Vectors, with masked loads and stores for the lanes past a narrow output's last column.
+    for (int v = 0; v < NV; ++v) {
+      const int lanes = int(min64(W, max64(0, nr - v * W)));
+      if (lanes == 0) break;
+      if (g.bias) row[v] += VecOps<A>::load(g.bias + n0 + v * W, lanes);
+      // torch.relu keeps NaN and -0.0: only values below zero become zero.
+      if (g.relu) row[v] = row[v] < A(0) ? V{} : row[v];
+      if (lanes == W)
+        std::memcpy(out + v * W, &row[v], sizeof(V));
+      else
+        VecOps<A>::store(out + v * W, row[v], lanes);
+      if (g.relu) bits |= uint64_t(gradient_lanes<A>(row[v]) & ((uint64_t(1) << lanes) - 1)) << (v * W);
+    }
+  } else {
+    A* vals = reinterpret_cast<A*>(row);
+    for (int64_t j = 0; j < nr; ++j) {
+      A v = vals[j];
+      if (g.bias) v += to_acc(g.bias[n0 + j]);
+      if (g.relu) v = v < A(0) ? A(0) : v;
+      out[j] = from_acc<T>(v);
+      // The mask is taken from the stored output, as PyTorch's backward sees it.
+      bits |= uint64_t(!(to_acc(out[j]) <= A(0))) << j;
+    }
+  }
+  if (g.relu && g.c_mask.bits) {
+    // Whole bytes: micro-tiles never share one. The tile that ends a row clears its padding.
+    uint8_t* mask_row = g.c_mask.bits + m * g.c_mask.row_bytes;
+    for (int byte = 0; byte < NR / 8; ++byte) mask_row[n0 / 8 + byte] = uint8_t(bits >> (8 * byte));
+    if (n0 + NR >= g.N)
+      for (int64_t byte = n0 / 8 + NR / 8; byte < g.c_mask.row_bytes; ++byte) mask_row[byte] = 0;
+  }
+}
+
+// A finished micro-tile held in memory (split-K partial sums): rows m0.., columns n0...
+template <typename T>
+void epilogue(const GemmArgs<T>& g, const acc_t<T>* acc, int64_t ld, int64_t m0, int64_t n0,
+              int64_t mr, int64_t nr) {
+  using V = typename Vec<acc_t<T>>::type;
+  constexpr int NV = Tile<acc_t<T>>::NV;
+  for (int64_t i = 0; i < mr; ++i) {
+    V row[NV];
+    std::memcpy(row, acc + i * ld, sizeof(row));
+    finish_row(g, row, m0 + i, n0, nr);
+  }
+}

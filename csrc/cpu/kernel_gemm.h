@@ -1,0 +1,215 @@
+// Part of the per-ISA CPU kernels (see kernels_impl.h):
+// the GEMM driver: blocking, threading, split-K.
+// Included by kernels_impl.h inside the ISA's namespace, after the parts before it.
+
+// The GEMM driver
+
+template <typename T> struct GemmPlan {
+  using A = acc_t<T>;
+  const GemmArgs<T>* g;
+  int64_t slices, slice_k;  // split of K into independent slices (fixed by shape, not threads)
+  int64_t j0, ncols, npanels;  // the current column block
+  int64_t mc, m_blocks;        // row blocks
+  int64_t chunk_panels, chunks;  // column chunks of one task
+  A* packed_b;  // [slice][K block][panel][kb][NR]
+  // With a single row block each B panel has one consumer: its task packs it right before use,
+  // into L2, instead of a shared pass that writes and rereads the whole packed operand.
+  bool pack_b_in_task;
+  A* slice_out;  // split-K partial results: [slice][M][round_up(ncols, NR)], else nullptr
+  A* row_sum_partials;  // [slice][M] when g->a_row_sums, else nullptr
+
+  int64_t slice_begin(int64_t s) const { return min64(s * slice_k, g->K); }
+  int64_t slice_end(int64_t s) const { return min64((s + 1) * slice_k, g->K); }
+  // Offset of K block k0 of slice s in packed_b.
+  int64_t packed_b_offset(int64_t s, int64_t k0) const {
+    return (s * slice_k + (k0 - slice_begin(s))) * npanels * Tile<A>::NR;
+  }
+};
+
+// Packing B is split into tasks of (slice, K block, group of panels).
+constexpr int64_t kPanelsPerPackTask = 8;
+
+template <typename T> int64_t pack_b_tasks(const GemmPlan<T>& p) {
+  const int64_t k_blocks = max64(1, ceil_div(p.slice_k, Tile<acc_t<T>>::KC));
+  return p.slices * k_blocks * ceil_div(p.npanels, kPanelsPerPackTask);
+}
+
+template <typename T> void pack_b_task(void* ctx, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  constexpr int NR = Tile<A>::NR;
+  constexpr int64_t KC = Tile<A>::KC;
+  const GemmPlan<T>& p = *static_cast<const GemmPlan<T>*>(ctx);
+  const int64_t groups = ceil_div(p.npanels, kPanelsPerPackTask);
+  const int64_t k_blocks = max64(1, ceil_div(p.slice_k, KC));
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t s = t / (k_blocks * groups), kbi = (t / groups) % k_blocks, grp = t % groups;
+    const int64_t k0 = p.slice_begin(s) + kbi * KC;
+    if (k0 >= p.slice_end(s) && kbi > 0) continue;
+    const int64_t kb = min64(KC, p.slice_end(s) - k0);
+    const int64_t j = grp * kPanelsPerPackTask * NR;
+    pack_b(*p.g, k0, kb, p.j0 + j, min64(kPanelsPerPackTask * NR, p.ncols - j),
+           p.packed_b + p.packed_b_offset(s, k0) + j * kb);
+  }
+}
+
+template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  constexpr int MR = Tile<A>::MR, NR = Tile<A>::NR;
+  constexpr int64_t KC = Tile<A>::KC;
+  const GemmPlan<T>& p = *static_cast<const GemmPlan<T>*>(ctx);
+  const GemmArgs<T>& g = *p.g;
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t s = t / (p.m_blocks * p.chunks);
+    const int64_t ib = (t / p.chunks) % p.m_blocks, cb = t % p.chunks;
+    const int64_t i0 = ib * p.mc, mb = min64(p.mc, g.M - i0);
+    if (mb <= 0) continue;
+    const int64_t jp0 = cb * p.chunk_panels, jp1 = min64(jp0 + p.chunk_panels, p.npanels);
+    if (jp0 >= jp1) continue;
+    const int64_t mb_pad = round_up(mb, MR);
+
+    // Split-K slices accumulate into their partial result; otherwise into a local scratch tile
+    // that the epilogue consumes.
+    A* out;
+    int64_t ld;
+    if (p.slice_out) {
+      ld = p.npanels * NR;
+      out = p.slice_out + (s * round_up(g.M, MR) + i0) * ld + jp0 * NR;
+    } else {
+      // Padded by a cache line so that rows a power of two apart do not alias in L1.
+      ld = (jp1 - jp0) * NR + 64 / int(sizeof(A));
+      out = thread_buffer<A, 0>(mb_pad * ld);
+    }
+    A* packed_a = thread_buffer<A, 1>(mb_pad * KC);
+    // The bias gradient is summed by one task per row block, on the first column block only.
+    A* row_sums =
+        (p.row_sum_partials && cb == 0 && p.j0 == 0) ? p.row_sum_partials + s * g.M + i0 : nullptr;
+
+    const int64_t kbeg = p.slice_begin(s), kend = p.slice_end(s);
+    int64_t k0 = kbeg;
+    do {  // at least once, so that K == 0 still yields zeros
+      const int64_t kb = min64(KC, kend - k0);
+      const bool first = k0 == kbeg, last = k0 + kb >= kend;
+      pack_a(g, i0, mb, k0, kb, packed_a, row_sums);
+      const A* b_block;  // the B micro-panels jp0 .. jp1 of this K block, NR * kb apart
+      if (p.pack_b_in_task) {
+        A* own = thread_buffer<A, 7>((jp1 - jp0) * NR * KC);
+        pack_b(g, k0, kb, p.j0 + jp0 * NR, min64((jp1 - jp0) * NR, p.ncols - jp0 * NR), own);
+        b_block = own;
+      } else {
+        b_block = p.packed_b + p.packed_b_offset(s, k0) + jp0 * kb * NR;
+      }
+      // The A micro-panel stays in L1 while the chunk's B micro-panels stream from L2.
+      for (int64_t ip = 0; ip < mb; ip += MR) {
+        for (int64_t jp = jp0; jp < jp1; ++jp) {
+          A* tile = out + ip * ld + (jp - jp0) * NR;
+          microkernel<T>(kb, packed_a + ip * kb, b_block + (jp - jp0) * kb * NR, tile, ld, !first,
+                         last && !p.slice_out ? &g : nullptr, i0 + ip, p.j0 + jp * NR,
+                         min64(MR, mb - ip), min64(NR, p.ncols - jp * NR));
+        }
+      }
+      k0 += kb;
+    } while (k0 < kend);
+  }
+}
+
+// Sums the split-K partials in slice order (deterministic) and applies the epilogue.
+template <typename T> void reduce_slices_task(void* ctx, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  constexpr int MR = Tile<A>::MR, NR = Tile<A>::NR;
+  const GemmPlan<T>& p = *static_cast<const GemmPlan<T>*>(ctx);
+  const GemmArgs<T>& g = *p.g;
+  const int64_t ld = p.npanels * NR, slice_stride = round_up(g.M, MR) * ld;
+  const int64_t row_tiles = ceil_div(g.M, MR);
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t it = t % row_tiles, jp = t / row_tiles;
+    A* tile = p.slice_out + it * MR * ld + jp * NR;
+    for (int64_t s = 1; s < p.slices; ++s)
+      for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NR; ++j) tile[i * ld + j] += tile[s * slice_stride + i * ld + j];
+    epilogue(g, tile, ld, it * MR, p.j0 + jp * NR, min64(MR, g.M - it * MR),
+             min64(NR, p.ncols - jp * NR));
+  }
+}
+
+template <typename T> void gemm(const GemmArgs<T>& g) {
+  using A = acc_t<T>;
+  using TileA = Tile<A>;
+  constexpr int MR = TileA::MR, NR = TileA::NR;
+  constexpr int64_t KC = TileA::KC;
+  if (g.M == 0) return;
+  if (g.N == 0) {
+    // No output, but the row sums (a bias gradient) may still be wanted.
+    if (g.a_row_sums) {
+      for (int64_t m = 0; m < g.M; ++m) g.a_row_sums[m] = 0;
+      A* panel = thread_buffer<A, 1>(round_up(g.M, MR) * KC);
+      for (int64_t k0 = 0; k0 < g.K; k0 += KC)
+        pack_a(g, 0, g.M, k0, min64(KC, g.K - k0), panel, g.a_row_sums);
+    }
+    return;
+  }
+
+  GemmPlan<T> p;
+  p.g = &g;
+  const int threads = num_threads();
+  const double flops = 2.0 * double(g.M) * double(g.N) * double(g.K);
+  const bool threaded = threads > 1 && flops >= 2e6;
+
+  // Split K when the output has too few micro-tiles to share among threads. Decided by shape
+  // alone, so that the result is bitwise the same for any thread count.
+  const int64_t tiles = ceil_div(g.M, MR) * ceil_div(g.N, NR);
+  p.slices = 1;
+  if (tiles < 32 && g.K >= 8 * KC) p.slices = min64(16, g.K / (4 * KC));
+  p.slice_k = g.K == 0 ? 0 : round_up(ceil_div(g.K, p.slices), KC);
+  p.slices = g.K == 0 ? 1 : ceil_div(g.K, p.slice_k);
+
+  const int64_t nc_max = max64(NR, (TileA::B_BUDGET / max64(g.K, 1)) / NR * NR);
+  const int64_t nc = min64(round_up(g.N, NR), nc_max);
+  A* packed_b = thread_buffer<A, 2>(p.slices * p.slice_k * nc);
+
+  A* slice_out = nullptr;
+  if (p.slices > 1)
+    slice_out = thread_buffer<A, 3>(p.slices * round_up(g.M, MR) * nc);
+  A* row_sum_partials = nullptr;
+  if (g.a_row_sums) {
+    row_sum_partials = thread_buffer<A, 4>(p.slices * g.M);
+    for (int64_t i = 0; i < p.slices * g.M; ++i) row_sum_partials[i] = 0;
+  }
+
+  for (int64_t j0 = 0; j0 < g.N; j0 += nc) {
+    p.j0 = j0;
+    p.ncols = min64(nc, g.N - j0);
+    p.npanels = ceil_div(p.ncols, NR);
+    p.packed_b = packed_b;
+    p.slice_out = slice_out;
+    p.row_sum_partials = row_sum_partials;
+
+    // Row blocks and column chunks: enough tasks for every thread, in a multiple of the thread
+    // count when that is cheap, each task's A block within MC_MAX rows.
+    int64_t m_blocks = ceil_div(g.M, TileA::MC_MAX);
+    int64_t chunks = ceil_div(p.npanels * NR, TileA::TASK_COLS);
+    if (threaded) {
+      const int64_t max_m_blocks = ceil_div(g.M, MR);
+      if (m_blocks >= threads) m_blocks = min64(round_up(m_blocks, threads), max_m_blocks);
+      while (p.slices * m_blocks * chunks < threads && chunks < p.npanels) ++chunks;
+      while (p.slices * m_blocks * chunks < threads && m_blocks < max_m_blocks) ++m_blocks;
+    }
+    p.mc = round_up(ceil_div(g.M, m_blocks), MR);
+    p.m_blocks = ceil_div(g.M, p.mc);
+    p.chunk_panels = ceil_div(p.npanels, chunks);
+    p.chunks = ceil_div(p.npanels, p.chunk_panels);
+
+    p.pack_b_in_task = p.m_blocks == 1;
+    if (!p.pack_b_in_task) run_parallel(pack_b_tasks(p), threaded, &pack_b_task<T>, &p);
+    run_parallel(p.slices * p.m_blocks * p.chunks, threaded, &compute_task<T>, &p);
+    if (p.slices > 1)
+      run_parallel(ceil_div(g.M, MR) * p.npanels, threaded, &reduce_slices_task<T>, &p);
+  }
+
+  if (g.a_row_sums) {
+    for (int64_t m = 0; m < g.M; ++m) {
+      A sum = row_sum_partials[m];
+      for (int64_t s = 1; s < p.slices; ++s) sum += row_sum_partials[s * g.M + m];
+      g.a_row_sums[m] = sum;
+    }
+  }
+}

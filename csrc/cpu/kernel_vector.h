@@ -1,0 +1,133 @@
+// Part of the per-ISA CPU kernels (see kernels_impl.h): scalar conversions and vector helpers.
+// Included by kernels_impl.h inside the ISA's namespace, after the parts before it.
+
+// Scalars and vectors
+
+inline float to_acc(BFloat16 v) {
+  uint32_t bits = uint32_t(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline float to_acc(float v) { return v; }
+inline double to_acc(double v) { return v; }
+
+template <typename T> inline T from_acc(acc_t<T> v);
+template <> inline float from_acc<float>(float v) { return v; }
+template <> inline double from_acc<double>(double v) { return v; }
+// Round to nearest even, as PyTorch converts float to bfloat16; NaN stays a quiet NaN.
+template <> inline BFloat16 from_acc<BFloat16>(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return BFloat16{uint16_t((bits >> 16) | 0x40)};
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return BFloat16{uint16_t(bits >> 16)};
+}
+
+template <typename A> struct Vec {
+  static constexpr int width = FUSED_LINREG_VECTOR_BYTES / sizeof(A);
+  typedef A type __attribute__((vector_size(FUSED_LINREG_VECTOR_BYTES), aligned(sizeof(A))));
+};
+
+// Bit l of the result is set where the ReLU passes the gradient: !(v[l] <= 0), i.e. positive or
+// NaN outputs, as torch's threshold_backward(grad, output, 0) decides.
+template <typename A> inline uint32_t gradient_lanes(typename Vec<A>::type v) {
+#if defined(FUSED_LINREG_ISA_AVX512)
+  if constexpr (sizeof(A) == 4)
+    return _mm512_cmp_ps_mask(__m512(v), _mm512_setzero_ps(), _CMP_NLE_UQ);
+  else
+    return _mm512_cmp_pd_mask(__m512d(v), _mm512_setzero_pd(), _CMP_NLE_UQ);
+#elif defined(FUSED_LINREG_ISA_AVX2)
+  if constexpr (sizeof(A) == 4)
+    return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(__m256(v), _mm256_setzero_ps(), _CMP_NLE_UQ)));
+  else
+    return unsigned(_mm256_movemask_pd(_mm256_cmp_pd(__m256d(v), _mm256_setzero_pd(), _CMP_NLE_UQ)));
+#else
+  uint32_t bits = 0;
+  for (int l = 0; l < Vec<A>::width; ++l) bits |= uint32_t(!(v[l] <= A(0))) << l;
+  return bits;
+#endif
+}
+
+template <typename A> struct VecOps {
+  using V = typename Vec<A>::type;
+  using I = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;
+  typedef I IV __attribute__((vector_size(FUSED_LINREG_VECTOR_BYTES)));
+  static constexpr int W = Vec<A>::width;
+
+  // Loads n (<= W) elements, converting to A; the rest are zero.
+  template <typename T> static V load(const T* p, int n) {
+    if constexpr (std::is_same_v<T, A>) {
+      if (n == W) {
+        V v;
+        std::memcpy(&v, p, sizeof(V));
+        return v;
+      }
+#if defined(FUSED_LINREG_ISA_AVX512)
+      // Masked loads: micro-panels of 12 lanes are common and must not fall to scalar code.
+      if constexpr (sizeof(A) == 4)
+        return V(_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p));
+      else
+        return V(_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p));
+#elif defined(FUSED_LINREG_ISA_AVX2)
+      IV lane;
+      for (int l = 0; l < W; ++l) lane[l] = l;
+      const IV active = lane < I(n);
+      if constexpr (sizeof(A) == 4)
+        return V(_mm256_maskload_ps(p, __m256i(active)));
+      else
+        return V(_mm256_maskload_pd(p, __m256i(active)));
+#endif
+    }
+    V v = V{};
+    for (int l = 0; l < n; ++l) v[l] = to_acc(p[l]);
+    return v;
+  }
+  // Stores lanes 0 .. n of v.
+  static void store(A* p, V v, int n) {
+#if defined(FUSED_LINREG_ISA_AVX512)
+    if constexpr (sizeof(A) == 4)
+      _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), __m512(v));
+    else
+      _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), __m512d(v));
+#else
+    std::memcpy(p, &v, n * sizeof(A));
+#endif
+  }
+  template <typename T> static V load_strided(const T* p, int64_t stride, int n) {
+    V v = V{};
+    for (int l = 0; l < n; ++l) v[l] = to_acc(p[l * stride]);
+    return v;
+  }
+  // Keeps lane l where bit l is set, else 0 — a select, so NaN or inf gradients where the ReLU
+  // was off become 0 as in PyTorch.
+  static V select(V v, uint64_t bits) {
+    IV lane_bit;
+    for (int l = 0; l < W; ++l) lane_bit[l] = I(1) << l;
+    const IV keep = (IV{} + I(bits)) & lane_bit;
+    return keep != 0 ? v : V{};
+  }
+  // In-register transpose of W vectors: v[i][e] becomes v[e][i]. Stage D swaps the off-diagonal
+  // D x D blocks of every 2D x 2D block; everything is unrolled so the shuffles use constant
+  // index vectors.
+  template <int D = 1> static void transpose(V* v) {
+    static constexpr std::array<I, W> lo = stage_indices<D, false>(), hi = stage_indices<D, true>();
+    IV vlo, vhi;
+    std::memcpy(&vlo, lo.data(), sizeof(IV));
+    std::memcpy(&vhi, hi.data(), sizeof(IV));
+#pragma GCC unroll 16
+    for (int i = 0; i < W; ++i) {
+      if (i & D) continue;
+      const V a = v[i], b = v[i + D];
+      v[i] = __builtin_shuffle(a, b, vlo);
+      v[i + D] = __builtin_shuffle(a, b, vhi);
+    }
+    if constexpr (2 * D < W) transpose<2 * D>(v);
+  }
+  template <int D, bool High> static constexpr std::array<I, W> stage_indices() {
+    std::array<I, W> idx{};
+    for (int e = 0; e < W; ++e)
+      idx[e] = High ? ((e & D) ? W + e : e + D) : ((e & D) ? W + e - D : e);
+    return idx;
+  }
+};
