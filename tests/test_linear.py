@@ -253,6 +253,33 @@ def test_backward_op_output_mask(mask, relu):
             assert got is None, f"{name} computed although output_mask is False"
 
 
+@pytest.mark.parametrize("layout", ["column_slice", "row_step", "3d_permuted"])
+def test_backward_op_with_non_contiguous_relu_mask(layout):
+    """linear_backward reads the mask it is given, whatever its strides (the op is public): the
+    same gradients as with the contiguous mask from the forward."""
+    g = make_generator(6)
+    x, w, b = exact_randn(6, 9, generator=g), exact_randn(40, 9, generator=g), exact_randn(40, generator=g)
+    go = exact_randn(6, 40, generator=g)
+    _, mask = OPS.linear_relu_forward(x, w, b)  # [6, 8]
+    if layout == "column_slice":
+        wide = torch.full((6, 16), 0xFF, dtype=torch.uint8)
+        wide[:, :8] = mask
+        strided = wide[:, :8]
+    elif layout == "row_step":
+        tall = torch.full((12, 8), 0xFF, dtype=torch.uint8)
+        tall[::2] = mask
+        strided = tall[::2]
+    else:
+        x, go = x.view(2, 3, 9), go.view(2, 3, 40)
+        strided = mask.view(2, 3, 8).transpose(0, 1).contiguous().transpose(0, 1)
+        mask = mask.view(2, 3, 8)
+    assert not strided.is_contiguous() and torch.equal(strided, mask)
+    expected = OPS.linear_backward(go, x, w, mask, [True, True, True])
+    got = OPS.linear_backward(go, x, w, strided, [True, True, True])
+    for name, a, e in zip(("grad_input", "grad_weight", "grad_bias"), got, expected):
+        assert_same(a, e, name)
+
+
 def test_no_grad_forward_keeps_no_graph():
     x, w = torch.randn(3, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
     with torch.no_grad():
