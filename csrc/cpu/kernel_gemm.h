@@ -164,7 +164,6 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
 
   const int64_t nc_max = max64(NR, (TileA::B_BUDGET / max64(g.K, 1)) / NR * NR);
   const int64_t nc = min64(round_up(g.N, NR), nc_max);
-  A* packed_b = thread_buffer<A, 2>(p.slices * p.slice_k * nc);
 
   A* slice_out = nullptr;
   if (p.slices > 1)
@@ -179,7 +178,6 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
     p.j0 = j0;
     p.ncols = min64(nc, g.N - j0);
     p.npanels = ceil_div(p.ncols, NR);
-    p.packed_b = packed_b;
     p.slice_out = slice_out;
     p.row_sum_partials = row_sum_partials;
 
@@ -198,7 +196,10 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
     p.chunk_panels = ceil_div(p.npanels, chunks);
     p.chunks = ceil_div(p.npanels, p.chunk_panels);
 
+    // The shared packed B holds all of K for the column block: only allocated when shared
+    // (a single row block packs in its tasks, which also keeps a huge K within memory).
     p.pack_b_in_task = p.m_blocks == 1;
+    p.packed_b = p.pack_b_in_task ? nullptr : thread_buffer<A, 2>(p.slices * p.slice_k * nc);
     if (!p.pack_b_in_task) run_parallel(pack_b_tasks(p), threaded, &pack_b_task<T>, &p);
     run_parallel(p.slices * p.m_blocks * p.chunks, threaded, &compute_task<T>, &p);
     if (p.slices > 1)
