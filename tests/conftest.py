@@ -177,6 +177,32 @@ def assert_close(actual, expected, dtype=None, scale=None, terms=1, msg=""):
                              f"(tol {tol[tuple(i)].item():.3g})")
 
 
+def term_scales(x, w, b, go):
+    """The magnitudes of the summed terms of (output, grad_input, grad_weight, grad_bias):
+    |x| @ |w|.T + |b|, |go| @ |w|, |go|.T @ |x|, sum |go| (float64, NaN/inf as 0), and the number
+    of terms of each sum. Rounding in intermediate steps (e.g. PyTorch's bfloat16 GEMM rounds
+    x @ w.T before adding the bias) is bounded relative to these, not to the result."""
+    def mag(t):
+        return t.detach().double().nan_to_num(0.0, 0.0, 0.0).abs()
+    K, N = w.shape[1], w.shape[0]
+    rows = x.numel() // K if K else int(torch.tensor(x.shape[:-1]).prod())
+    xs, ws, gos = mag(x).reshape(rows, K), mag(w), mag(go).reshape(rows, N)
+    out = xs @ ws.T + (0 if b is None else mag(b))
+    return [(out.reshape(*x.shape[:-1], N), K + 1), ((gos @ ws).reshape(x.shape), N),
+            (gos.T @ xs, xs.shape[0]), (gos.sum(0), xs.shape[0])]
+
+
+def assert_linear_results_close(fused, ref, x, w, b, go, dtype, what=""):
+    """(output, grad_input, grad_weight, grad_bias) within the dtype's rounding of the reference,
+    relative to the magnitudes of the summed terms; NaN and infinities exactly where PyTorch's."""
+    names = ("output", "grad_input", "grad_weight", "grad_bias")
+    for name, a, e, (scale, terms) in zip(names, fused, ref, term_scales(x, w, b, go)):
+        if e is None:
+            assert a is None, f"{what}: {name} should not be computed"
+            continue
+        assert_close(a, e, dtype, scale=scale, terms=terms, msg=f"{what}: {name}")
+
+
 # ---- subprocesses --------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fused_linreg
-from conftest import assert_close, assert_same, exact_randn, run_both
+from conftest import assert_linear_results_close, assert_same, exact_randn, run_both
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False)
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
@@ -90,17 +90,14 @@ def make(case):
     return x, w, b, go
 
 
-def compare(case, fused, ref, exact):
-    names = ("output", "grad_input", "grad_weight", "grad_bias")
-    for name, a, e in zip(names, fused, ref):
-        if e is None:
-            assert a is None, name
-            continue
-        what = f"{name} for {case}"
-        if exact:
-            assert_same(a, e, what)
-        else:
-            assert_close(a, e, case["dtype"], msg=what)
+def compare(case, data, fused, ref, exact):
+    if exact:
+        for name, a, e in zip(("output", "grad_input", "grad_weight", "grad_bias"), fused, ref):
+            assert (a is None) == (e is None), name
+            if e is not None:
+                assert_same(a, e, f"{name} for {case}")
+    else:
+        assert_linear_results_close(fused, ref, *data, case["dtype"], what=str(case))
 
 
 @settings(max_examples=150, **SETTINGS)
@@ -110,7 +107,7 @@ def test_finite_values_match_pytorch(case):
     float32/float64 (one rounding in bfloat16)."""
     x, w, b, go = make(case)
     fused, ref = run_both(case["op"], x, w, b, go)
-    compare(case, fused, ref, exact=case["dtype"] != torch.bfloat16)
+    compare(case, (x, w, b, go), fused, ref, exact=case["dtype"] != torch.bfloat16)
     if case["denormal"] and ref[0].numel():
         # The scale really is denormal: some outputs are below the smallest normal number.
         tiny = torch.finfo(case["dtype"]).tiny
@@ -123,7 +120,7 @@ def test_finite_values_match_pytorch(case):
 def test_nan_and_inf_propagate_like_pytorch_linear(case):
     x, w, b, go = make(case)
     fused, ref = run_both(case["op"], x, w, b, go)
-    compare(case, fused, ref, exact=case["dtype"] != torch.bfloat16)
+    compare(case, (x, w, b, go), fused, ref, exact=case["dtype"] != torch.bfloat16)
 
 
 @settings(max_examples=100, **SETTINGS)
@@ -131,7 +128,7 @@ def test_nan_and_inf_propagate_like_pytorch_linear(case):
 def test_nan_and_inf_propagate_like_pytorch_linear_relu(case):
     x, w, b, go = make(case)
     fused, ref = run_both(case["op"], x, w, b, go)
-    compare(case, fused, ref, exact=case["dtype"] != torch.bfloat16)
+    compare(case, (x, w, b, go), fused, ref, exact=case["dtype"] != torch.bfloat16)
 
 
 # ---- FusedSGD ------------------------------------------------------------------------------------
