@@ -48,7 +48,8 @@ echo "== building the CPU extension with -fsanitize=address,undefined"
   || { tail -50 "$WORK/build.log"; die "the sanitizer build failed (log: $WORK/build.log)"; }
 SO=$(ls "$SRC"/fused_linreg/_C*.so 2>/dev/null | head -1)
 [ -n "$SO" ] || die "the build produced no extension"
-ldd "$SO" | grep -q libasan || die "$SO is not linked against libasan (FUSED_LINREG_SANITIZE ignored?)"
+# (not `ldd | grep -q`: grep -q exits at the first match, and ldd's SIGPIPE fails the pipe)
+[[ "$(ldd "$SO")" == *libasan* ]] || die "$SO is not linked against libasan (FUSED_LINREG_SANITIZE ignored?)"
 echo "   built in $(( $(date +%s) - START ))s"
 
 LIBASAN=$(gcc -print-file-name=libasan.so)
