@@ -42,6 +42,11 @@ def devices():
 DEVICES = list(devices())
 
 
+def to_device(device, *tensors):
+    """The tensors moved to `device` (None stays None)."""
+    return tuple(None if t is None else t.to(device) for t in tensors)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param

@@ -53,13 +53,13 @@ def check_exact(fused, ref, dtype, what, data):
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_matches_pytorch_exact_data(shape, dtype, bias, op):
+def test_matches_pytorch_exact_data(shape, dtype, bias, op, device):
     M, N, K = shape
     g = make_generator(hash((M, N, K)) % 2**31)
-    x = exact_randn(M, K, dtype=dtype, generator=g)
-    w = exact_randn(N, K, dtype=dtype, generator=g)
-    b = exact_randn(N, dtype=dtype, generator=g) if bias else None
-    go = exact_randn(M, N, dtype=dtype, generator=g)
+    x = exact_randn(M, K, dtype=dtype, generator=g, device=device)
+    w = exact_randn(N, K, dtype=dtype, generator=g, device=device)
+    b = exact_randn(N, dtype=dtype, generator=g, device=device) if bias else None
+    go = exact_randn(M, N, dtype=dtype, generator=g, device=device)
     fused, ref = run_both(op, x, w, b, go)
     check_exact(fused, ref, dtype, f"{op} {shape} {dtype}", (x, w, b, go))
 
@@ -68,7 +68,7 @@ def test_matches_pytorch_exact_data(shape, dtype, bias, op):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(7, 33, 257), (13, 33, 4099), (5, 1000, 4099), (300, 70, 90)],
                          ids=shape_id)
-def test_rounding_continuous_data(shape, dtype, op):
+def test_rounding_continuous_data(shape, dtype, op, device):
     """Continuous random data: the result is within the dtype's rounding error of PyTorch's
     float64 result (the error scale is |x| @ |w|.T + |b|, K terms)."""
     M, N, K = shape
@@ -76,7 +76,7 @@ def test_rounding_continuous_data(shape, dtype, op):
     x64, w64, b64 = torch.randn(M, K, dtype=torch.float64), torch.randn(N, K, dtype=torch.float64), \
         torch.randn(N, dtype=torch.float64)
     go64 = torch.randn(M, N, dtype=torch.float64)
-    x, w, b, go = (t.to(dtype) for t in (x64, w64, b64, go64))
+    x, w, b, go = (t.to(dtype=dtype, device=device) for t in (x64, w64, b64, go64))
     fused, _ = run_both(op, x, w, b, go)
     # Reference: PyTorch in float64 on the same (rounded) inputs.
     _, ref = run_both(op, x.double(), w.double(), b.double(), go.double())
@@ -125,41 +125,41 @@ def _x(g, dtype):
 
 LAYOUTS = {
     # name: (input, weight, bias, grad_output) builders; each returns a tensor of the usual shape
-    "x_transposed": lambda g, d: (exact_randn(K, M, dtype=d, generator=g).t(), None, None, None),
-    "x_stepped": lambda g, d: (exact_randn(2 * M, 3 * K, dtype=d, generator=g)[::2, ::3], None, None,
+    "x_transposed": lambda g, d, dev: (exact_randn(K, M, dtype=d, generator=g, device=dev).t(), None, None, None),
+    "x_stepped": lambda g, d, dev: (exact_randn(2 * M, 3 * K, dtype=d, generator=g, device=dev)[::2, ::3], None, None,
                                None),
-    "x_offset_slice": lambda g, d: (exact_randn(M + 3, K + 5, dtype=d, generator=g)[3:, 5:], None,
+    "x_offset_slice": lambda g, d, dev: (exact_randn(M + 3, K + 5, dtype=d, generator=g, device=dev)[3:, 5:], None,
                                     None, None),
-    "x_expanded_rows": lambda g, d: (exact_randn(1, K, dtype=d, generator=g).expand(M, K), None,
+    "x_expanded_rows": lambda g, d, dev: (exact_randn(1, K, dtype=d, generator=g, device=dev).expand(M, K), None,
                                      None, None),
-    "x_expanded_cols": lambda g, d: (exact_randn(M, 1, dtype=d, generator=g).expand(M, K), None,
+    "x_expanded_cols": lambda g, d, dev: (exact_randn(M, 1, dtype=d, generator=g, device=dev).expand(M, K), None,
                                      None, None),
-    "w_transposed": lambda g, d: (None, exact_randn(K, N, dtype=d, generator=g).t(), None, None),
-    "w_stepped": lambda g, d: (None, exact_randn(N, 2 * K, dtype=d, generator=g)[:, ::2], None, None),
-    "w_storage_offset": lambda g, d: (None, exact_randn(N + 2, K, dtype=d, generator=g)[2:], None,
+    "w_transposed": lambda g, d, dev: (None, exact_randn(K, N, dtype=d, generator=g, device=dev).t(), None, None),
+    "w_stepped": lambda g, d, dev: (None, exact_randn(N, 2 * K, dtype=d, generator=g, device=dev)[:, ::2], None, None),
+    "w_storage_offset": lambda g, d, dev: (None, exact_randn(N + 2, K, dtype=d, generator=g, device=dev)[2:], None,
                                        None),
-    "b_stepped": lambda g, d: (None, None, exact_randn(3 * N, dtype=d, generator=g)[::3], None),
-    "b_expanded": lambda g, d: (None, None, exact_randn(1, dtype=d, generator=g).expand(N), None),
-    "go_expanded": lambda g, d: (None, None, None, exact_randn(1, 1, dtype=d, generator=g).expand(M, N)),
-    "go_expanded_rows": lambda g, d: (None, None, None, exact_randn(1, N, dtype=d, generator=g)
+    "b_stepped": lambda g, d, dev: (None, None, exact_randn(3 * N, dtype=d, generator=g, device=dev)[::3], None),
+    "b_expanded": lambda g, d, dev: (None, None, exact_randn(1, dtype=d, generator=g, device=dev).expand(N), None),
+    "go_expanded": lambda g, d, dev: (None, None, None, exact_randn(1, 1, dtype=d, generator=g, device=dev).expand(M, N)),
+    "go_expanded_rows": lambda g, d, dev: (None, None, None, exact_randn(1, N, dtype=d, generator=g, device=dev)
                                       .expand(M, N)),
-    "go_transposed": lambda g, d: (None, None, None, exact_randn(N, M, dtype=d, generator=g).t()),
-    "go_stepped": lambda g, d: (None, None, None, exact_randn(M, 2 * N, dtype=d, generator=g)[:, 1::2]),
-    "all_transposed": lambda g, d: (exact_randn(K, M, dtype=d, generator=g).t(),
-                                    exact_randn(K, N, dtype=d, generator=g).t(),
-                                    exact_randn(2 * N, dtype=d, generator=g)[1::2],
-                                    exact_randn(N, M, dtype=d, generator=g).t()),
+    "go_transposed": lambda g, d, dev: (None, None, None, exact_randn(N, M, dtype=d, generator=g, device=dev).t()),
+    "go_stepped": lambda g, d, dev: (None, None, None, exact_randn(M, 2 * N, dtype=d, generator=g, device=dev)[:, 1::2]),
+    "all_transposed": lambda g, d, dev: (exact_randn(K, M, dtype=d, generator=g, device=dev).t(),
+                                    exact_randn(K, N, dtype=d, generator=g, device=dev).t(),
+                                    exact_randn(2 * N, dtype=d, generator=g, device=dev)[1::2],
+                                    exact_randn(N, M, dtype=d, generator=g, device=dev).t()),
 }
 
 
 @pytest.mark.parametrize("op", OPS_UNDER_TEST)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_non_contiguous(layout, dtype, op):
+def test_non_contiguous(layout, dtype, op, device):
     g = make_generator(5)
-    x, w, b, go = (exact_randn(M, K, dtype=dtype, generator=g), exact_randn(N, K, dtype=dtype, generator=g),
-                   exact_randn(N, dtype=dtype, generator=g), exact_randn(M, N, dtype=dtype, generator=g))
-    override = LAYOUTS[layout](g, dtype)
+    x, w, b, go = (exact_randn(M, K, dtype=dtype, generator=g, device=device), exact_randn(N, K, dtype=dtype, generator=g, device=device),
+                   exact_randn(N, dtype=dtype, generator=g, device=device), exact_randn(M, N, dtype=dtype, generator=g, device=device))
+    override = LAYOUTS[layout](g, dtype, device)
     x, w, b, go = (o if o is not None else t for o, t in zip(override, (x, w, b, go)))
     assert not all(t.is_contiguous() and t.storage_offset() == 0 for t in (x, w, b, go))
     fused, ref = run_both(op, x, w, b, go)
@@ -170,27 +170,27 @@ def test_non_contiguous(layout, dtype, op):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("input_shape", [(7,), (0,), (2, 3, 7), (2, 0, 7), (3, 1, 2, 7), (1, 1, 7)],
                          ids=lambda s: "x".join(map(str, s)) or "scalar")
-def test_input_ranks(input_shape, dtype, op):
+def test_input_ranks(input_shape, dtype, op, device):
     """1-D input gives a 1-D output; any leading batch dims are kept."""
     g = make_generator(len(input_shape))
     kdim = input_shape[-1]
-    x = exact_randn(*input_shape, dtype=dtype, generator=g)
-    w = exact_randn(9, kdim, dtype=dtype, generator=g)
-    b = exact_randn(9, dtype=dtype, generator=g)
-    go = exact_randn(*input_shape[:-1], 9, dtype=dtype, generator=g)
+    x = exact_randn(*input_shape, dtype=dtype, generator=g, device=device)
+    w = exact_randn(9, kdim, dtype=dtype, generator=g, device=device)
+    b = exact_randn(9, dtype=dtype, generator=g, device=device)
+    go = exact_randn(*input_shape[:-1], 9, dtype=dtype, generator=g, device=device)
     fused, ref = run_both(op, x, w, b, go)
     assert fused[0].shape == (*input_shape[:-1], 9)
     check_exact(fused, ref, dtype, f"{op} input {input_shape}", (x, w, b, go))
 
 
 @pytest.mark.parametrize("op", OPS_UNDER_TEST)
-def test_3d_permuted_input(op):
+def test_3d_permuted_input(op, device):
     """A 3-D input that is not viewable as rows (the op must copy or stride it correctly)."""
     g = make_generator(11)
-    x = exact_randn(4, 9, 5, generator=g).permute(0, 2, 1)  # [4, 5, 9], K = 9
-    w = exact_randn(6, 9, generator=g)
-    b = exact_randn(6, generator=g)
-    go = exact_randn(6, 5, 4, generator=g).permute(2, 1, 0)
+    x = exact_randn(4, 9, 5, generator=g, device=device).permute(0, 2, 1)  # [4, 5, 9], K = 9
+    w = exact_randn(6, 9, generator=g, device=device)
+    b = exact_randn(6, generator=g, device=device)
+    go = exact_randn(6, 5, 4, generator=g, device=device).permute(2, 1, 0)
     fused, ref = run_both(op, x, w, b, go)
     check_exact(fused, ref, torch.float32, op, (x, w, b, go))
 
@@ -214,12 +214,12 @@ NEEDS = [(True, True, True), (False, True, True), (True, False, False), (False, 
 
 @pytest.mark.parametrize("op", OPS_UNDER_TEST)
 @pytest.mark.parametrize("needs", NEEDS, ids=lambda n: "".join("xwb"[i] for i in range(3) if n[i]))
-def test_only_needed_gradients(needs, op):
+def test_only_needed_gradients(needs, op, device):
     """Autograd asks the backward op for exactly the gradients that are needed (output_mask), and
     the results of those match PyTorch."""
     g = make_generator(3)
-    x, w, b = exact_randn(6, 10, generator=g), exact_randn(7, 10, generator=g), exact_randn(7, generator=g)
-    go = exact_randn(6, 7, generator=g)
+    x, w, b = exact_randn(6, 10, generator=g, device=device), exact_randn(7, 10, generator=g, device=device), exact_randn(7, generator=g, device=device)
+    go = exact_randn(6, 7, generator=g, device=device)
     with _RecordOps() as rec:
         fused, _ = run_both(op, x, w, b, go, needs=needs)
     _, ref = run_both(op, x, w, b, go, needs=needs)
@@ -232,11 +232,11 @@ def test_only_needed_gradients(needs, op):
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("mask", [(True, False, False), (False, True, False), (False, False, True),
                                   (False, False, False), (True, True, True)])
-def test_backward_op_output_mask(mask, relu):
+def test_backward_op_output_mask(mask, relu, device):
     """torch.ops.fused_linreg.linear_backward returns None exactly where output_mask is False."""
     g = make_generator(4)
-    x, w, b = exact_randn(5, 9, generator=g), exact_randn(11, 9, generator=g), exact_randn(11, generator=g)
-    go = exact_randn(5, 11, generator=g)
+    x, w, b = exact_randn(5, 9, generator=g, device=device), exact_randn(11, 9, generator=g, device=device), exact_randn(11, generator=g, device=device)
+    go = exact_randn(5, 11, generator=g, device=device)
     if relu:
         y, bits = OPS.linear_relu_forward(x, w, b)
     else:
@@ -255,19 +255,19 @@ def test_backward_op_output_mask(mask, relu):
 
 
 @pytest.mark.parametrize("layout", ["column_slice", "row_step", "3d_permuted"])
-def test_backward_op_with_non_contiguous_relu_mask(layout):
+def test_backward_op_with_non_contiguous_relu_mask(layout, device):
     """linear_backward reads the mask it is given, whatever its strides (the op is public): the
     same gradients as with the contiguous mask from the forward."""
     g = make_generator(6)
-    x, w, b = exact_randn(6, 9, generator=g), exact_randn(40, 9, generator=g), exact_randn(40, generator=g)
-    go = exact_randn(6, 40, generator=g)
+    x, w, b = exact_randn(6, 9, generator=g, device=device), exact_randn(40, 9, generator=g, device=device), exact_randn(40, generator=g, device=device)
+    go = exact_randn(6, 40, generator=g, device=device)
     _, mask = OPS.linear_relu_forward(x, w, b)  # [6, 8]
     if layout == "column_slice":
-        wide = torch.full((6, 16), 0xFF, dtype=torch.uint8)
+        wide = torch.full((6, 16), 0xFF, dtype=torch.uint8, device=device)
         wide[:, :8] = mask
         strided = wide[:, :8]
     elif layout == "row_step":
-        tall = torch.full((12, 8), 0xFF, dtype=torch.uint8)
+        tall = torch.full((12, 8), 0xFF, dtype=torch.uint8, device=device)
         tall[::2] = mask
         strided = tall[::2]
     else:

@@ -68,7 +68,7 @@ def test_repr(cls, bias):
 @pytest.mark.parametrize("input_shape", [(7,), (5, 7), (2, 3, 7), (2, 1, 3, 7), (0, 7), (2, 0, 7)],
                          ids=str)
 @pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
-def test_forward_backward_any_leading_dims(cls, input_shape):
+def test_forward_backward_any_leading_dims(cls, input_shape, device):
     g = make_generator(len(input_shape))
     ref_linear = nn.Linear(7, 10)
     with torch.no_grad():
@@ -76,13 +76,15 @@ def test_forward_backward_any_leading_dims(cls, input_shape):
         ref_linear.bias.copy_(exact_randn(10, generator=g))
     mod = cls(7, 10)
     mod.load_state_dict(ref_linear.state_dict())
+    mod.to(device)
+    ref_linear.to(device)
     ref = reference_module(cls, ref_linear)
-    x = exact_randn(*input_shape, generator=g)
+    x = exact_randn(*input_shape, generator=g, device=device)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya, yb = mod(xa), ref(xb)
     assert ya.shape == yb.shape == (*input_shape[:-1], 10)
     assert_same(ya.detach(), yb.detach(), "output")
-    go = exact_randn(*ya.shape, generator=g)
+    go = exact_randn(*ya.shape, generator=g, device=device)
     ya.backward(go)
     yb.backward(go)
     assert_same(xa.grad, xb.grad, "grad_input")

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fused_linreg
-from conftest import assert_linear_results_close, assert_same, exact_randn, run_both
+from conftest import DEVICES, assert_linear_results_close, assert_same, exact_randn, run_both
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False)
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
@@ -26,7 +26,7 @@ k_dims = st.one_of(st.integers(0, 6), st.sampled_from([1, 9, 17, 255, 257]))
 LAYOUTS = ["contiguous", "transposed", "stepped", "expanded", "offset"]
 
 
-def build(shape, layout, dtype, g, specials=0, scale=1.0):
+def build(shape, layout, dtype, g, specials=0, scale=1.0, device="cpu"):
     """A tensor of `shape` with the given memory layout; `specials` NaN/inf values are written
     into its memory first (so an expanded view repeats them)."""
     shape = tuple(shape)
@@ -46,7 +46,7 @@ def build(shape, layout, dtype, g, specials=0, scale=1.0):
         if flat.numel():
             flat[int(torch.randint(flat.numel(), (1,), generator=g))] = SPECIALS[
                 int(torch.randint(3, (1,), generator=g))]
-    base = base.to(dtype)
+    base = base.to(dtype=dtype, device=device)
     if layout == "transposed" and len(shape) >= 2:
         return base.transpose(-1, -2)
     if layout == "stepped" and len(shape) >= 1:
@@ -73,6 +73,7 @@ def linear_cases(draw, specials=False, ops=("linear", "linear_relu")):
         denormal=not specials and dtype != torch.bfloat16 and draw(st.booleans()),
         specials=[draw(st.integers(0, 3)) if specials else 0 for _ in range(4)],
         seed=draw(st.integers(0, 2 ** 31 - 1)),
+        device=draw(st.sampled_from(DEVICES)),
     )
     return case
 
@@ -83,10 +84,11 @@ def make(case):
     scale = DENORMAL_SCALE[dtype] if case["denormal"] else 1.0
     lx, lw, lb, lg = case["layouts"]
     sx, sw, sb, sg = case["specials"]
-    x = build(case["input_shape"], lx, dtype, g, sx, scale)
-    w = build((N, K), lw, dtype, g, sw)
-    b = build((N,), lb, dtype, g, sb, scale) if case["bias"] else None
-    go = build(case["input_shape"][:-1] + (N,), lg, dtype, g, sg)
+    dev = case["device"]
+    x = build(case["input_shape"], lx, dtype, g, sx, scale, dev)
+    w = build((N, K), lw, dtype, g, sw, device=dev)
+    b = build((N,), lb, dtype, g, sb, scale, dev) if case["bias"] else None
+    go = build(case["input_shape"][:-1] + (N,), lg, dtype, g, sg, device=dev)
     return x, w, b, go
 
 
@@ -176,6 +178,7 @@ def sgd_cases(draw):
         none_grads=draw(st.integers(0, 3)),  # params with grad None on some steps
         specials=draw(st.booleans()),
         seed=draw(st.integers(0, 2 ** 31 - 1)),
+        device=draw(st.sampled_from(DEVICES)),
     )
 
 
@@ -187,11 +190,12 @@ def test_fused_sgd_matches_torch_sgd(case):
     for make_opt in (lambda p: fused_linreg.FusedSGD(p, **options),
                      lambda p: torch.optim.SGD(p, foreach=False, **options)):
         g = torch.Generator().manual_seed(case["seed"])
-        params = [torch.nn.Parameter(torch.randn(n, generator=g, dtype=case["dtype"])) for n in case["sizes"]]
+        params = [torch.nn.Parameter(torch.randn(n, generator=g, dtype=case["dtype"]).to(case["device"]))
+                  for n in case["sizes"]]
         opt = make_opt(params)
         for step in range(case["steps"]):
             for i, p in enumerate(params):
-                grad = torch.randn(p.shape, generator=g, dtype=case["dtype"])
+                grad = torch.randn(p.shape, generator=g, dtype=case["dtype"]).to(case["device"])
                 if case["specials"] and grad.numel():
                     grad[int(torch.randint(grad.numel(), (1,), generator=g))] = SPECIALS[step % 3]
                 skip = i < case["none_grads"] and (step + i) % 2 == 1

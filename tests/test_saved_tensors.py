@@ -28,18 +28,18 @@ PATHS = {
 
 
 def _module(x, w, b):
-    mod = fused_linreg.FusedLinearReLU(w.shape[1], w.shape[0])
+    mod = fused_linreg.FusedLinearReLU(w.shape[1], w.shape[0], device=w.device)
     mod.weight, mod.bias = w, b
     return mod(x)
 
 
 @pytest.mark.parametrize("x_requires_grad", [True, False])
 @pytest.mark.parametrize("path", sorted(PATHS))
-def test_linear_relu_saves_input_weight_and_bitmask_only(path, x_requires_grad):
+def test_linear_relu_saves_input_weight_and_bitmask_only(path, x_requires_grad, device):
     M, K, N = 37, 19, 70
-    x = torch.randn(M, K, requires_grad=x_requires_grad)
-    w = torch.nn.Parameter(torch.randn(N, K))
-    b = torch.nn.Parameter(torch.randn(N))
+    x = torch.randn(M, K, device=device).requires_grad_(x_requires_grad)
+    w = torch.nn.Parameter(torch.randn(N, K, device=device))
+    b = torch.nn.Parameter(torch.randn(N, device=device))
     hooks = SavedTensors()
     with hooks:
         y = PATHS[path](x, w, b)

@@ -26,9 +26,10 @@ def options_id(o):
     return ",".join(f"{k}={v}" for k, v in o.items() if v not in (0, 0.0, False)) or "plain"
 
 
-def make_params(dtype=torch.float64, sizes=SIZES, seed=0):
+def make_params(dtype=torch.float64, sizes=SIZES, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64).to(dtype)) for s in sizes]
+    return [torch.nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64).to(dtype=dtype, device=device))
+            for s in sizes]
 
 
 def grads_for(params, step, seed=1, skip=()):
@@ -36,7 +37,7 @@ def grads_for(params, step, seed=1, skip=()):
     g = torch.Generator().manual_seed(seed * 1000 + step)
     out = []
     for i, p in enumerate(params):
-        grad = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
+        grad = torch.randn(p.shape, generator=g, dtype=torch.float64).to(dtype=p.dtype, device=p.device)
         out.append(None if i in skip else grad)
     return out
 
@@ -71,10 +72,10 @@ def assert_same_state(opt_a, params_a, opt_b, params_b, close_dtype=None):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("options", OPTION_SETS, ids=options_id)
-def test_matches_torch_sgd(options, dtype):
+def test_matches_torch_sgd(options, dtype, device):
     """Bitwise the same trajectory as torch.optim.SGD over 31 steps (both round each operation of
     the update the same way in float32/float64)."""
-    pa, pb = make_params(dtype), make_params(dtype)
+    pa, pb = make_params(dtype, device=device), make_params(dtype, device=device)
     # param 1 has no gradient on every third step: skipped, its momentum buffer kept.
     skip = lambda step: (1,) if step % 3 == 0 else ()
     oa = train(fused_sgd(lr=0.05, **options), pa, skip_fn=skip)
@@ -86,15 +87,16 @@ def test_matches_torch_sgd(options, dtype):
 @pytest.mark.parametrize("options", [dict(), dict(momentum=0.9, weight_decay=0.1),
                                      dict(momentum=0.9, nesterov=True, maximize=True),
                                      dict(momentum=0.8, dampening=0.5)], ids=options_id)
-def test_low_precision_one_step(options, dtype):
+def test_low_precision_one_step(options, dtype, device):
     """One step from the same state: within one rounding of torch.optim.SGD (which rounds to the
     low-precision dtype after every operation; FusedSGD computes in float32 and rounds once)."""
     for first in (True, False):
-        pa, pb = make_params(dtype), make_params(dtype)
+        pa, pb = make_params(dtype, device=device), make_params(dtype, device=device)
         oa, ob = fused_sgd(lr=0.1, **options)(pa), torch_sgd(lr=0.1, **options)(pb)
         if not first and options.get("momentum"):
             for p, q in zip(pa, pb):
-                buf = torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())).to(dtype)
+                buf = torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())).to(dtype=dtype,
+                                                                                                  device=device)
                 oa.state[p]["momentum_buffer"] = buf.clone()
                 ob.state[q]["momentum_buffer"] = buf.clone()
         for p, q, g in zip(pa, pb, grads_for(pa, 0)):
@@ -120,35 +122,35 @@ def test_low_precision_trajectory(dtype):
     assert diff.max().item() < 0.1 and diff.mean().item() < 0.01
 
 
-def test_param_groups_with_their_own_options():
+def test_param_groups_with_their_own_options(device):
     def groups(params):
         return [
             {"params": params[:2], "lr": 0.1, "momentum": 0.9, "nesterov": True},
             {"params": params[2:3], "weight_decay": 0.3, "maximize": True},
             {"params": params[3:], "momentum": 0.5, "dampening": 0.25, "lr": 0.001},
         ]
-    pa, pb = make_params(), make_params()
+    pa, pb = make_params(device=device), make_params(device=device)
     oa = train(lambda p: fused_linreg.FusedSGD(groups(p), lr=0.05), pa)
     ob = train(lambda p: torch.optim.SGD(groups(p), lr=0.05, foreach=False), pb)
     assert_same_state(oa, pa, ob, pb)
 
 
-def test_params_without_grads_are_untouched():
-    pa, pb = make_params(), make_params()
+def test_params_without_grads_are_untouched(device):
+    pa, pb = make_params(device=device), make_params(device=device)
     never = (0, 3)
     oa = train(fused_sgd(lr=0.1, momentum=0.9), pa, skip_fn=lambda s: never)
     ob = train(torch_sgd(lr=0.1, momentum=0.9), pb, skip_fn=lambda s: never)
     assert_same_state(oa, pa, ob, pb)
-    fresh = make_params()
+    fresh = make_params(device=device)
     for i in never:
         assert_same(pa[i].detach(), fresh[i].detach(), f"param {i} changed without a gradient")
         assert "momentum_buffer" not in oa.state.get(pa[i], {})
 
 
-def test_mixed_dtypes_in_one_group():
+def test_mixed_dtypes_in_one_group(device):
     def params():
         return [torch.nn.Parameter(torch.randn(50, generator=torch.Generator().manual_seed(i),
-                                               dtype=dt)) for i, dt in
+                                               dtype=dt).to(device)) for i, dt in
                 enumerate([torch.float32, torch.float64, torch.float32, torch.float64])]
     pa, pb = params(), params()
     oa = train(fused_sgd(lr=0.1, momentum=0.9, weight_decay=0.01), pa)
@@ -198,32 +200,33 @@ def test_zero_grad_then_step_is_a_no_op_on_none_grads():
 
 # ---- layouts -------------------------------------------------------------------------------------
 
+def _randn(g, d, *shape):
+    return torch.randn(*shape, generator=g).to(d)
+
+
 LAYOUTS = {
-    # name: (param builder, grad builder) over a base generator
-    "param_transposed": (lambda g: torch.randn(6, 4, generator=g).t(), lambda g, p: torch.randn(p.shape, generator=g)),
-    "param_and_grad_transposed": (lambda g: torch.randn(6, 4, generator=g).t(),
-                                  lambda g, p: torch.randn(6, 4, generator=g).t()),
-    "param_stepped": (lambda g: torch.randn(5, 8, generator=g)[:, ::2], lambda g, p: torch.randn(p.shape, generator=g)),
-    "grad_stepped": (lambda g: torch.randn(4, 4, generator=g), lambda g, p: torch.randn(4, 8, generator=g)[:, 1::2]),
-    "grad_expanded": (lambda g: torch.randn(3, 5, generator=g),
-                      lambda g, p: torch.randn(1, 5, generator=g).expand(3, 5)),
-    "grad_scalar_expanded": (lambda g: torch.randn(100, generator=g),
-                             lambda g, p: torch.randn(1, generator=g).expand(100)),
+    # name: (param builder (generator, device), grad builder (generator, param, device))
+    "param_transposed": (lambda g, d: _randn(g, d, 6, 4).t(), lambda g, p, d: _randn(g, d, *p.shape)),
+    "param_and_grad_transposed": (lambda g, d: _randn(g, d, 6, 4).t(), lambda g, p, d: _randn(g, d, 6, 4).t()),
+    "param_stepped": (lambda g, d: _randn(g, d, 5, 8)[:, ::2], lambda g, p, d: _randn(g, d, *p.shape)),
+    "grad_stepped": (lambda g, d: _randn(g, d, 4, 4), lambda g, p, d: _randn(g, d, 4, 8)[:, 1::2]),
+    "grad_expanded": (lambda g, d: _randn(g, d, 3, 5), lambda g, p, d: _randn(g, d, 1, 5).expand(3, 5)),
+    "grad_scalar_expanded": (lambda g, d: _randn(g, d, 100), lambda g, p, d: _randn(g, d, 1).expand(100)),
 }
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_non_contiguous_params_and_grads(layout, momentum):
+def test_non_contiguous_params_and_grads(layout, momentum, device):
     make_p, make_g = LAYOUTS[layout]
     results = []
     for factory in (fused_sgd, torch_sgd):
         g = torch.Generator().manual_seed(0)
-        base = make_p(g)
+        base = make_p(g, device)
         p = torch.nn.Parameter(base)  # keeps the strides of `base`
         opt = factory(lr=0.1, momentum=momentum, weight_decay=0.1)([p])
         for _ in range(3):
-            p.grad = make_g(g, p)
+            p.grad = make_g(g, p, device)
             opt.step()
         results.append((p.detach().clone(), opt.state[p].get("momentum_buffer")))
     (pa, ba), (pb, bb) = results
@@ -239,11 +242,11 @@ def test_non_contiguous_params_and_grads(layout, momentum):
 @pytest.mark.parametrize("options", [dict(momentum=0.9, weight_decay=0.01),
                                      dict(momentum=0.9, nesterov=True, maximize=True),
                                      dict()], ids=options_id)
-def test_state_dict_round_trip(direction, options):
+def test_state_dict_round_trip(direction, options, device):
     """Train 10 steps with one optimizer, move params and state_dict to the other, train 10 more:
     identical to training 20 steps with either."""
     first, second = (fused_sgd, torch_sgd) if direction == "fused_to_torch" else (torch_sgd, fused_sgd)
-    params = make_params(sizes=[(33,), (4, 5), (1,)])
+    params = make_params(sizes=[(33,), (4, 5), (1,)], device=device)
     opt = first(lr=0.05, **options)(params)
     for step in range(10):
         for p, g in zip(params, grads_for(params, step)):
@@ -284,8 +287,8 @@ class _CountSgdOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_one_kernel_call_per_group_per_step(monkeypatch):
-    params = make_params(sizes=[(10,), (20,), (30,), (40,), (50,), (60,)])
+def test_one_kernel_call_per_group_per_step(monkeypatch, device):
+    params = make_params(sizes=[(10,), (20,), (30,), (40,), (50,), (60,)], device=device)
     opt = fused_linreg.FusedSGD(
         [{"params": params[:3]}, {"params": params[3:5], "momentum": 0.9}, {"params": params[5:]}],
         lr=0.1)
