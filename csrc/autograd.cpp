@@ -117,18 +117,33 @@ LinearGrads linear_backward_autograd(const at::Tensor& grad_output, const at::Te
   return {grads[0], grads[1], grads[2]};
 }
 
+// Inference and frozen layers skip the autograd Function (its node and saved-tensor set-up are a
+// large part of a small layer's cost).
+bool records_graph(const at::Tensor& input, const at::Tensor& weight, const OptionalTensor& bias) {
+  return at::GradMode::is_enabled() &&
+         (input.requires_grad() || weight.requires_grad() || (bias.has_value() && bias->requires_grad()));
+}
+
+at::Tensor linear_forward_autograd(const at::Tensor& input, const at::Tensor& weight,
+                                   const OptionalTensor& bias) {
+  if (!records_graph(input, weight, bias)) return linear_forward_below_autograd(input, weight, bias);
+  return LinearFunction::apply(input, weight, bias);
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_relu_forward_autograd(const at::Tensor& input,
+                                                                const at::Tensor& weight,
+                                                                const OptionalTensor& bias) {
+  if (!records_graph(input, weight, bias))
+    return linear_relu_forward_below_autograd(input, weight, bias);
+  auto outputs = LinearReLUFunction::apply(input, weight, bias);
+  return std::make_tuple(outputs[0], outputs[1]);
+}
+
 }  // namespace
 }  // namespace fused_linreg
 
 TORCH_LIBRARY_IMPL(fused_linreg, Autograd, m) {
   m.impl("linear_backward", &fused_linreg::linear_backward_autograd);
-  m.impl("linear_forward", [](const at::Tensor& input, const at::Tensor& weight,
-                              const fused_linreg::OptionalTensor& bias) {
-    return fused_linreg::LinearFunction::apply(input, weight, bias);
-  });
-  m.impl("linear_relu_forward", [](const at::Tensor& input, const at::Tensor& weight,
-                                   const fused_linreg::OptionalTensor& bias) {
-    auto outputs = fused_linreg::LinearReLUFunction::apply(input, weight, bias);
-    return std::make_tuple(outputs[0], outputs[1]);
-  });
+  m.impl("linear_forward", &fused_linreg::linear_forward_autograd);
+  m.impl("linear_relu_forward", &fused_linreg::linear_relu_forward_autograd);
 }

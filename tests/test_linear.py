@@ -11,6 +11,8 @@ from conftest import (DTYPES, OPS, assert_close, assert_linear_results_close, as
 # The CPU kernels tile with MR in {12, 6, 2} rows and NR in {32, 16, 8} columns (per ISA and
 # dtype), block K by KC = 256, give a task at most 1024 columns, pack B in column blocks of about
 # 8 MiB / K elements, and split K into slices when the output has < 32 micro-tiles and K >= 2048.
+# Products of at most 2048 multiply-adds take a direct loop; with N <= 256 the input is read in
+# place (not packed) unless its rows are a multiple of 2 KiB apart.
 # (M, N, K): input [M, K], weight [N, K].
 SHAPES = [
     (1, 1, 1),
@@ -25,6 +27,8 @@ SHAPES = [
     (3, 1023, 5), (2, 1024, 7), (4, 1025, 9), (13, 2049, 3),  # task column range
     (1, 1, 2047), (1, 1, 2048), (3, 5, 2049), (13, 33, 4099), (2, 7, 8191),  # split K
     (5, 1000, 4099),  # several packed-B column blocks (float32: ~480-511 columns each)
+    (16, 8, 16), (3, 1, 683),  # the largest direct-loop product, and one past it
+    (100, 100, 600), (30, 20, 512),  # input read in place over K blocks; rows 2 KiB apart: packed
     (3000, 40, 50),  # large batch: many row blocks, threaded
     (97, 300, 700),  # threaded, every edge at once
 ]

@@ -69,6 +69,35 @@ inline void finish_row(const GemmArgs<T>& g, typename Vec<acc_t<T>>::type* row, 
   }
 }
 
+// finish_row's common case, a whole micro-tile of a float or double output straight from the
+// accumulators: the bias is loaded once and the per-row work has no branches.
+template <bool Relu, typename A>
+inline void finish_tile(const GemmArgs<A>& g, const typename Vec<A>::type (*acc)[Tile<A>::NV],
+                        int64_t m0, int64_t n0) {
+  using V = typename Vec<A>::type;
+  constexpr int MR = Tile<A>::MR, NV = Tile<A>::NV, W = Tile<A>::W, NR = Tile<A>::NR;
+  V bias[NV];
+  for (int v = 0; v < NV; ++v) bias[v] = g.bias ? VecOps<A>::load(g.bias + n0 + v * W, W) : -V{};
+  A* out = g.c + m0 * g.ldc + n0;
+  uint8_t* mask = Relu && g.c_mask.bits ? g.c_mask.bits + m0 * g.c_mask.row_bytes + n0 / 8 : nullptr;
+  for (int i = 0; i < MR; ++i) {
+    uint64_t bits = 0;
+    for (int v = 0; v < NV; ++v) {
+      V r = acc[i][v] + bias[v];  // + -0.0 without a bias: exact
+      if constexpr (Relu) {
+        r = r < A(0) ? V{} : r;
+        bits |= uint64_t(gradient_lanes<A>(r)) << (v * W);
+      }
+      std::memcpy(out + i * g.ldc + v * W, &r, sizeof(V));
+    }
+    if (mask) std::memcpy(mask + i * g.c_mask.row_bytes, &bits, NR / 8);  // little-endian bytes
+  }
+  if (mask && n0 + NR >= g.N)
+    for (int i = 0; i < MR; ++i)
+      for (int64_t byte = NR / 8; n0 / 8 + byte < g.c_mask.row_bytes; ++byte)
+        mask[i * g.c_mask.row_bytes + byte] = 0;
+}
+
 // A finished micro-tile held in memory (split-K partial sums): rows m0.., columns n0...
 template <typename T>
 void epilogue(const GemmArgs<T>& g, const acc_t<T>* acc, int64_t ld, int64_t m0, int64_t n0,

@@ -15,6 +15,7 @@ template <typename T> struct GemmPlan {
   // With a single row block each B panel has one consumer: its task packs it right before use,
   // into L2, instead of a shared pass that writes and rereads the whole packed operand.
   bool pack_b_in_task;
+  bool direct_a;  // A read in place (see kDirectAMaxCols)
   A* slice_out;  // split-K partial results: [slice][M][round_up(ncols, NR)], else nullptr
   A* row_sum_partials;  // [slice][M] when g->a_row_sums, else nullptr
 
@@ -26,8 +27,14 @@ template <typename T> struct GemmPlan {
   }
 };
 
+// A read in place: for up to this many columns (8 micro-panels of float32) packing A costs about
+// as much as the products it serves. Rows a multiple of kL1AliasBytes apart would fall into the
+// same few L1 sets, so such operands are packed anyway.
+constexpr int64_t kDirectAMaxCols = 256;
+constexpr int64_t kL1AliasBytes = 2048;
+
 // Packing B is split into tasks of (slice, K block, group of panels).
-constexpr int64_t kPanelsPerPackTask = 8;
+constexpr int64_t kPanelsPerPackTask = 2;
 
 template <typename T> int64_t pack_b_tasks(const GemmPlan<T>& p) {
   const int64_t k_blocks = max64(1, ceil_div(p.slice_k, Tile<acc_t<T>>::KC));
@@ -89,7 +96,11 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
     do {  // at least once, so that K == 0 still yields zeros
       const int64_t kb = min64(KC, kend - k0);
       const bool first = k0 == kbeg, last = k0 + kb >= kend;
-      pack_a(g, i0, mb, k0, kb, packed_a, row_sums);
+      // Unpacked A: whole micro-panels are read from the operand's rows; a partial last one is
+      // packed, so that no row past M is read.
+      const int64_t direct_rows = p.direct_a ? mb / MR * MR : 0;
+      if (direct_rows < mb)
+        pack_a(g, i0 + direct_rows, mb - direct_rows, k0, kb, packed_a + direct_rows * kb, row_sums);
       const A* b_block;  // the B micro-panels jp0 .. jp1 of this K block, NR * kb apart
       if (p.pack_b_in_task) {
         A* own = thread_buffer<A, 7>((jp1 - jp0) * NR * KC);
@@ -102,9 +113,19 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
       for (int64_t ip = 0; ip < mb; ip += MR) {
         for (int64_t jp = jp0; jp < jp1; ++jp) {
           A* tile = out + ip * ld + (jp - jp0) * NR;
-          microkernel<T>(kb, packed_a + ip * kb, b_block + (jp - jp0) * kb * NR, tile, ld, !first,
-                         last && !p.slice_out ? &g : nullptr, i0 + ip, p.j0 + jp * NR,
-                         min64(MR, mb - ip), min64(NR, p.ncols - jp * NR));
+          const A* b_panel = b_block + (jp - jp0) * kb * NR;
+          const GemmArgs<T>* finish = last && !p.slice_out ? &g : nullptr;
+          const int64_t m0 = i0 + ip, n0 = p.j0 + jp * NR;
+          const int64_t mr = min64(MR, mb - ip), nr = min64(NR, p.ncols - jp * NR);
+          if constexpr (std::is_same_v<T, A>) {
+            if (ip < direct_rows) {
+              microkernel<T, false>(kb, g.a + m0 * g.a_rs + k0, g.a_rs, b_panel, tile, ld, !first,
+                                    finish, m0, n0, mr, nr);
+              continue;
+            }
+          }
+          microkernel<T>(kb, packed_a + ip * kb, 0, b_panel, tile, ld, !first, finish, m0, n0, mr,
+                         nr);
         }
       }
       k0 += kb;
@@ -131,6 +152,30 @@ template <typename T> void reduce_slices_task(void* ctx, int64_t begin, int64_t 
   }
 }
 
+// Problems of a few thousand multiply-adds: the tiled path's fixed costs (packing, accumulator
+// set-up, the padded epilogue) would outweigh the arithmetic. Each output row segment is summed
+// in plain loops and goes through the same epilogue as a micro-tile row. No prologue here.
+constexpr int64_t kDirectMaxMacs = 2048;
+
+template <typename T> void gemm_direct(const GemmArgs<T>& g) {
+  using A = acc_t<T>;
+  using V = typename Vec<A>::type;
+  constexpr int NV = Tile<A>::NV, NR = Tile<A>::NR;
+  for (int64_t m = 0; m < g.M; ++m)
+    for (int64_t n0 = 0; n0 < g.N; n0 += NR) {
+      const int64_t nr = min64(NR, g.N - n0);
+      V row[NV];
+      A* sums = reinterpret_cast<A*>(row);
+      for (int64_t j = 0; j < nr; ++j) {
+        A sum = -A(0);  // the identity of IEEE addition, as in the microkernel
+        for (int64_t k = 0; k < g.K; ++k)
+          sum += to_acc(g.a[m * g.a_rs + k * g.a_cs]) * to_acc(g.b[k * g.b_rs + (n0 + j) * g.b_cs]);
+        sums[j] = sum;
+      }
+      finish_row(g, row, m, n0, nr);
+    }
+}
+
 template <typename T> void gemm(const GemmArgs<T>& g) {
   using A = acc_t<T>;
   using TileA = Tile<A>;
@@ -145,6 +190,11 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
       for (int64_t k0 = 0; k0 < g.K; k0 += KC)
         pack_a(g, 0, g.M, k0, min64(KC, g.K - k0), panel, g.a_row_sums);
     }
+    return;
+  }
+
+  if (g.M * g.N <= kDirectMaxMacs && g.M * g.N * g.K <= kDirectMaxMacs && !g.a_mask.bits && !g.a_row_sums) {
+    gemm_direct(g);
     return;
   }
 
@@ -174,6 +224,8 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
     for (int64_t i = 0; i < p.slices * g.M; ++i) row_sum_partials[i] = 0;
   }
 
+  p.direct_a = std::is_same_v<T, A> && g.a_cs == 1 && !g.a_mask.bits && !g.a_row_sums &&
+               nc <= kDirectAMaxCols && (g.a_rs * int64_t(sizeof(A))) % kL1AliasBytes != 0;
   for (int64_t j0 = 0; j0 < g.N; j0 += nc) {
     p.j0 = j0;
     p.ncols = min64(nc, g.N - j0);

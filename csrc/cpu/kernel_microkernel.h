@@ -1,12 +1,15 @@
 // Part of the per-ISA CPU kernels (see kernels_impl.h): the register-blocked microkernel.
 // Included by kernels_impl.h inside the ISA's namespace, after the parts before it.
 
-// Microkernel: acc[0:MR, 0:NR] = sum_k a[k, 0:MR]^T b[k, 0:NR] in registers, plus the partial sums
+// Microkernel: acc[0:MR, 0:NR] = sum_k A(0:MR, k)^T b[k, 0:NR] in registers, plus the partial sums
 // in c when `accumulate`. Then either stored back to c, or (when `out` is set: the last K block)
 // finished straight from registers into rows m0 .. m0+mr of the output.
+// A(i, k) is a packed micro-panel, a[k * MR + i], when lda == 0; otherwise rows of the unpacked
+// operand, a[i * lda + k] (all MR rows must be readable).
 
-template <typename T>
-inline void microkernel(int64_t kc, const acc_t<T>* __restrict a, const acc_t<T>* __restrict b,
+template <typename T, bool PackedA = true>
+inline void microkernel(int64_t kc, const acc_t<T>* __restrict a, int64_t lda,
+                        const acc_t<T>* __restrict b,
                         acc_t<T>* __restrict c, int64_t ldc, bool accumulate,
                         const GemmArgs<T>* out, int64_t m0, int64_t n0, int64_t mr, int64_t nr) {
   using A = acc_t<T>;
@@ -21,7 +24,7 @@ inline void microkernel(int64_t kc, const acc_t<T>* __restrict a, const acc_t<T>
     V bv[NV];
     for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + k * NR + v * W, sizeof(V));
     for (int i = 0; i < MR; ++i) {
-      const A ai = a[k * MR + i];
+      const A ai = PackedA ? a[k * MR + i] : a[i * lda + k];
       for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];
     }
   }
@@ -33,6 +36,15 @@ inline void microkernel(int64_t kc, const acc_t<T>* __restrict a, const acc_t<T>
         acc[i][v] += old;
       }
   if (out) {
+    if constexpr (std::is_same_v<T, A>) {
+      if (mr == MR && nr == NR && out->sgd.param == nullptr) {
+        if (out->relu)
+          finish_tile<true>(*out, acc, m0, n0);
+        else
+          finish_tile<false>(*out, acc, m0, n0);
+        return;
+      }
+    }
     for (int i = 0; i < MR; ++i)
       if (i < mr) finish_row(*out, acc[i], m0 + i, n0, nr);
     return;
