@@ -18,11 +18,12 @@ template <typename Signature> c10::TypedOperatorHandle<Signature> find_op(const 
 }
 
 at::Tensor linear_forward_below_autograd(const at::Tensor& input, const at::Tensor& weight,
-                                         const OptionalTensor& bias) {
-  static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const OptionalTensor&)>(
-      "fused_linreg::linear_forward");
+                                         const OptionalTensor& bias, bool relu) {
+  static const auto op =
+      find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const OptionalTensor&, bool)>(
+          "fused_linreg::linear_forward");
   at::AutoDispatchBelowADInplaceOrView guard;
-  return op.call(input, weight, bias);
+  return op.call(input, weight, bias, relu);
 }
 
 std::tuple<at::Tensor, at::Tensor> linear_relu_forward_below_autograd(const at::Tensor& input,
@@ -61,7 +62,7 @@ struct LinearFunction : torch::autograd::Function<LinearFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
                             const OptionalTensor& bias) {
     save_for_backward(ctx, input, weight, bias, at::Tensor());
-    return linear_forward_below_autograd(input, weight, bias);
+    return linear_forward_below_autograd(input, weight, bias, /*relu=*/false);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     return linear_backward(ctx, grads[0]);
@@ -125,8 +126,11 @@ bool records_graph(const at::Tensor& input, const at::Tensor& weight, const Opti
 }
 
 at::Tensor linear_forward_autograd(const at::Tensor& input, const at::Tensor& weight,
-                                   const OptionalTensor& bias) {
-  if (!records_graph(input, weight, bias)) return linear_forward_below_autograd(input, weight, bias);
+                                   const OptionalTensor& bias, bool relu) {
+  if (!records_graph(input, weight, bias))
+    return linear_forward_below_autograd(input, weight, bias, relu);
+  // The backward of a ReLU needs its bitmask: the linear+ReLU operator makes and keeps it.
+  if (relu) return LinearReLUFunction::apply(input, weight, bias)[0];
   return LinearFunction::apply(input, weight, bias);
 }
 

@@ -7,8 +7,10 @@
 #include "cpu/isa.h"
 
 TORCH_LIBRARY(fused_linreg, m) {
-  // y = input @ weight.T + bias over the last dim of input.
-  m.def("linear_forward(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
+  // y = input @ weight.T + bias over the last dim of input; relu(...) when relu is set, with no
+  // bitmask to allocate (inference). Differentiable either way: with relu, a forward that records
+  // a graph goes through linear_relu_forward, whose mask its backward keeps.
+  m.def("linear_forward(Tensor input, Tensor weight, Tensor? bias, bool relu=False) -> Tensor");
   // y = relu(input @ weight.T + bias), and the bitmask of y > 0 (uint8 [*input.shape[:-1],
   // ceil(N / 32) * 4]) that the backward uses instead of y.
   m.def("linear_relu_forward(Tensor input, Tensor weight, Tensor? bias) -> (Tensor, Tensor)");

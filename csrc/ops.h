@@ -40,7 +40,7 @@ inline int64_t relu_mask_row_bytes(int64_t n) { return (n + 31) / 32 * 4; }
 
 namespace cpu {
 at::Tensor linear_forward(const at::Tensor& input, const at::Tensor& weight,
-                          const OptionalTensor& bias);
+                          const OptionalTensor& bias, bool relu);
 std::tuple<at::Tensor, at::Tensor> linear_relu_forward(const at::Tensor& input,
                                                        const at::Tensor& weight,
                                                        const OptionalTensor& bias);
@@ -63,7 +63,7 @@ void linear_backward_sgd_(const at::Tensor& grad_output, const at::Tensor& input
 // The same operators on CUDA tensors (csrc/cuda/; compiled only in CUDA builds).
 namespace cuda {
 at::Tensor linear_forward(const at::Tensor& input, const at::Tensor& weight,
-                          const OptionalTensor& bias);
+                          const OptionalTensor& bias, bool relu);
 std::tuple<at::Tensor, at::Tensor> linear_relu_forward(const at::Tensor& input,
                                                        const at::Tensor& weight,
                                                        const OptionalTensor& bias);

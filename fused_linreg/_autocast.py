@@ -47,12 +47,12 @@ def cast_linear_args(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
 
 
 def _autocast_kernel(op: Callable, device_type: str) -> Callable:
-    def kernel(input, weight, bias=None):
+    def kernel(input, weight, bias=None, *flags):
         input, weight, bias = cast_linear_args(input, weight, bias, device_type)
         # Autocast off for the call itself (as ATen's autocast wrappers exclude their key), so
         # the op goes on to autograd and the device kernel.
         with torch.autocast(device_type, enabled=False):
-            return op(input, weight, bias)
+            return op(input, weight, bias, *flags)
 
     return kernel
 

@@ -21,7 +21,7 @@ def relu_mask_row_bytes(out_features: int) -> int:
 
 
 @torch.library.register_fake("fused_linreg::linear_forward")
-def _linear_forward_fake(input, weight, bias):
+def _linear_forward_fake(input, weight, bias, relu=False):
     _checks.linear_args("fused_linreg.linear_forward", input, weight, bias)
     return input.new_empty((*input.shape[:-1], weight.shape[0]))
 

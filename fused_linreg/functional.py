@@ -10,7 +10,6 @@ __all__ = ["linear", "linear_relu"]
 
 # The overloads themselves: calling them skips the packet's overload resolution (per-call cost).
 _linear_forward = ops.linear_forward.default
-_linear_relu_forward = ops.linear_relu_forward.default
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -27,9 +26,10 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 def linear_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``relu(input @ weight.T + bias)`` in one kernel, like ``F.relu(F.linear(...))``.
 
-    Only a 1-bit-per-element ReLU mask is kept for backward, not the output.
+    Only a 1-bit-per-element ReLU mask is kept for backward, not the output (and none at all
+    when no autograd graph is recorded).
     """
     controller = controller_for(weight)
     if controller is not None:
         return LinearInBackwardSGD.apply(input, weight, bias, True, controller)
-    return _linear_relu_forward(input, weight, bias)[0]
+    return _linear_forward(input, weight, bias, True)

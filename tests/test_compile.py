@@ -43,10 +43,13 @@ def linear_samples(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op", ["linear_forward", "linear_relu_forward"])
+@pytest.mark.parametrize("op", ["linear_forward", "linear_forward_relu", "linear_relu_forward"])
 def test_opcheck_forward_ops(device, op):
+    # linear_forward(relu=True): differentiable through linear_relu_forward's autograd
+    extra = (True,) if op == "linear_forward_relu" else ()
+    overload = OPS.linear_forward.default if extra else getattr(OPS, op).default
     for args in linear_samples(device):
-        opcheck(getattr(OPS, op).default, args)
+        opcheck(overload, (*args, *extra))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -2,6 +2,7 @@
 cross every blocking boundary of the CPU kernels, dtypes, layouts and requires_grad combinations."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fused_linreg
@@ -66,6 +67,22 @@ def test_matches_pytorch_exact_data(shape, dtype, bias, op, device):
     go = exact_randn(M, N, dtype=dtype, generator=g, device=device)
     fused, ref = run_both(op, x, w, b, go)
     check_exact(fused, ref, dtype, f"{op} {shape} {dtype}", (x, w, b, go))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_inference_forward_matches_pytorch(shape, dtype, device):
+    # No graph recorded: linear_forward(relu=True) computes the ReLU without making a bitmask.
+    M, N, K = shape
+    g = make_generator(hash((K, N, M)) % 2**31)
+    x = exact_randn(M, K, dtype=dtype, generator=g, device=device)
+    w = exact_randn(N, K, dtype=dtype, generator=g, device=device)
+    b = exact_randn(N, dtype=dtype, generator=g, device=device)
+    with torch.no_grad():
+        fused = (fused_linreg.functional.linear_relu(x, w, b), None, None, None)
+        ref = (torch.relu(F.linear(x, w, b)), None, None, None)
+    go = torch.zeros(M, N, dtype=dtype, device=device)  # only sizes the bfloat16 tolerances
+    check_exact(fused, ref, dtype, f"no-grad linear_relu {shape} {dtype}", (x, w, b, go))
 
 
 @pytest.mark.parametrize("op", OPS_UNDER_TEST)

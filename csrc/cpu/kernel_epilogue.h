@@ -22,21 +22,56 @@ void sgd_row(const GemmArgs<T>& g, const acc_t<T>* grad_row, int64_t m, int64_t 
   }
 }
 
-// out = act(acc + bias) with the ReLU bitmask; or the in-backward SGD update of the parameter.
+// Writes the ReLU bitmask bits of row m, columns n0 .. n0+NR. Whole bytes: micro-tiles never
+// share one. The tile that ends a row clears its padding.
+template <typename T> inline void store_mask_bits(const GemmArgs<T>& g, uint64_t bits, int64_t m, int64_t n0) {
+  constexpr int NR = Tile<acc_t<T>>::NR;
+  uint8_t* mask_row = g.c_mask.bits + m * g.c_mask.row_bytes;
+  for (int byte = 0; byte < NR / 8; ++byte) mask_row[n0 / 8 + byte] = uint8_t(bits >> (8 * byte));
+  if (n0 + NR >= g.N)
+    for (int64_t byte = n0 / 8 + NR / 8; byte < g.c_mask.row_bytes; ++byte) mask_row[byte] = 0;
+}
+
+// out = act(vals + bias) with the ReLU bitmask, or the in-backward SGD update of the parameter,
+// element by element: for bfloat16 outputs, and for rows summed as scalars (reading them back as
+// vectors would stall on store forwarding).
+template <typename T>
+void finish_row_scalar(const GemmArgs<T>& g, const acc_t<T>* vals, int64_t m, int64_t n0, int64_t nr) {
+  using A = acc_t<T>;
+  if (g.sgd.param != nullptr) {
+    sgd_row(g, vals, m, n0, nr);
+    return;
+  }
+  uint64_t bits = 0;
+  T* out = g.c + m * g.ldc + n0;
+  for (int64_t j = 0; j < nr; ++j) {
+    A v = vals[j];
+    if (g.bias) v += to_acc(g.bias[n0 + j]);
+    if (g.relu) v = v < A(0) ? A(0) : v;
+    out[j] = from_acc<T>(v);
+    // The mask is taken from the stored output, as PyTorch's backward sees it.
+    bits |= uint64_t(!(to_acc(out[j]) <= A(0))) << j;
+  }
+  if (g.relu && g.c_mask.bits) store_mask_bits(g, bits, m, n0);
+}
+
+// finish_row_scalar for a row segment of acc held in vectors (NR lanes, nr valid).
 template <typename T>
 inline void finish_row(const GemmArgs<T>& g, typename Vec<acc_t<T>>::type* row, int64_t m,
                        int64_t n0, int64_t nr) {
   using A = acc_t<T>;
   using V = typename Vec<A>::type;
-  constexpr int NV = Tile<A>::NV, W = Tile<A>::W, NR = Tile<A>::NR;
-  if (g.sgd.param != nullptr) {
-    sgd_row(g, reinterpret_cast<const A*>(row), m, n0, nr);
-    return;
-  }
-  uint64_t bits = 0;
-  T* out = g.c + m * g.ldc + n0;
-  if constexpr (std::is_same_v<T, A>) {
+  constexpr int NV = Tile<A>::NV, W = Tile<A>::W;
+  if constexpr (!std::is_same_v<T, A>) {
+    finish_row_scalar(g, reinterpret_cast<const A*>(row), m, n0, nr);
+  } else {
+    if (g.sgd.param != nullptr) {
+      sgd_row(g, reinterpret_cast<const A*>(row), m, n0, nr);
+      return;
+    }
     // Vectors, with masked loads and stores for the lanes past a narrow output's last column.
+    uint64_t bits = 0;
+    T* out = g.c + m * g.ldc + n0;
     for (int v = 0; v < NV; ++v) {
       const int lanes = int(min64(W, max64(0, nr - v * W)));
       if (lanes == 0) break;
@@ -49,23 +84,7 @@ inline void finish_row(const GemmArgs<T>& g, typename Vec<acc_t<T>>::type* row, 
         VecOps<A>::store(out + v * W, row[v], lanes);
       if (g.relu) bits |= uint64_t(gradient_lanes<A>(row[v]) & ((uint64_t(1) << lanes) - 1)) << (v * W);
     }
-  } else {
-    A* vals = reinterpret_cast<A*>(row);
-    for (int64_t j = 0; j < nr; ++j) {
-      A v = vals[j];
-      if (g.bias) v += to_acc(g.bias[n0 + j]);
-      if (g.relu) v = v < A(0) ? A(0) : v;
-      out[j] = from_acc<T>(v);
-      // The mask is taken from the stored output, as PyTorch's backward sees it.
-      bits |= uint64_t(!(to_acc(out[j]) <= A(0))) << j;
-    }
-  }
-  if (g.relu && g.c_mask.bits) {
-    // Whole bytes: micro-tiles never share one. The tile that ends a row clears its padding.
-    uint8_t* mask_row = g.c_mask.bits + m * g.c_mask.row_bytes;
-    for (int byte = 0; byte < NR / 8; ++byte) mask_row[n0 / 8 + byte] = uint8_t(bits >> (8 * byte));
-    if (n0 + NR >= g.N)
-      for (int64_t byte = n0 / 8 + NR / 8; byte < g.c_mask.row_bytes; ++byte) mask_row[byte] = 0;
+    if (g.relu && g.c_mask.bits) store_mask_bits(g, bits, m, n0);
   }
 }
 

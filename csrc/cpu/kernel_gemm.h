@@ -154,25 +154,23 @@ template <typename T> void reduce_slices_task(void* ctx, int64_t begin, int64_t 
 
 // Problems of a few thousand multiply-adds: the tiled path's fixed costs (packing, accumulator
 // set-up, the padded epilogue) would outweigh the arithmetic. Each output row segment is summed
-// in plain loops and goes through the same epilogue as a micro-tile row. No prologue here.
+// in plain loops and goes through the scalar form of the epilogue. No prologue here.
 constexpr int64_t kDirectMaxMacs = 2048;
 
 template <typename T> void gemm_direct(const GemmArgs<T>& g) {
   using A = acc_t<T>;
-  using V = typename Vec<A>::type;
-  constexpr int NV = Tile<A>::NV, NR = Tile<A>::NR;
+  constexpr int NR = Tile<A>::NR;
   for (int64_t m = 0; m < g.M; ++m)
     for (int64_t n0 = 0; n0 < g.N; n0 += NR) {
       const int64_t nr = min64(NR, g.N - n0);
-      V row[NV];
-      A* sums = reinterpret_cast<A*>(row);
+      A sums[NR];
       for (int64_t j = 0; j < nr; ++j) {
         A sum = -A(0);  // the identity of IEEE addition, as in the microkernel
         for (int64_t k = 0; k < g.K; ++k)
           sum += to_acc(g.a[m * g.a_rs + k * g.a_cs]) * to_acc(g.b[k * g.b_rs + (n0 + j) * g.b_cs]);
         sums[j] = sum;
       }
-      finish_row(g, row, m, n0, nr);
+      finish_row_scalar(g, sums, m, n0, nr);
     }
 }
 

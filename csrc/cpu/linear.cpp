@@ -31,9 +31,10 @@ BitMask bitmask(const at::Tensor& mask, int64_t row_bytes) {
   return BitMask{mask.data_ptr<uint8_t>(), row_bytes};
 }
 
-// y = act(x @ W.T + b), written into `out` [M, N]; the mask (if any) into `mask`.
+// y = x @ W.T + b, or its ReLU, written into `out` [M, N]; with the ReLU, its mask into `mask`
+// when given.
 void forward_into(const at::Tensor& x, const at::Tensor& weight, const OptionalTensor& bias,
-                  const at::Tensor& out, const at::Tensor* mask) {
+                  bool relu, const at::Tensor& out, const at::Tensor* mask) {
   dispatch_dtype(x.scalar_type(), "fused_linreg.linear_forward", [&](auto tag) {
     using T = decltype(tag);
     GemmArgs<T> g;
@@ -49,7 +50,7 @@ void forward_into(const at::Tensor& x, const at::Tensor& weight, const OptionalT
     g.c = data_as<T>(out);
     g.ldc = g.N;
     g.bias = bias.has_value() ? data_as<const T>(*bias) : nullptr;
-    g.relu = mask != nullptr;
+    g.relu = relu;
     if (mask) g.c_mask = bitmask(*mask, relu_mask_row_bytes(g.N));
     run_gemm(g, "fused_linreg.linear_forward", x, weight);
   });
@@ -109,20 +110,21 @@ std::tuple<at::Tensor, at::Tensor> linear_relu_forward(const at::Tensor& input,
   at::Tensor out = at::empty({x.size(0), n}, input.options());
   at::Tensor mask = at::empty({x.size(0), relu_mask_row_bytes(n)}, input.options().dtype(at::kByte));
   const OptionalTensor b = bias.has_value() ? OptionalTensor(bias->contiguous()) : std::nullopt;
-  forward_into(x, weight, b, out, &mask);
+  forward_into(x, weight, b, true, out, &mask);
   return {out.view(rows_shape(input, n)), mask.view(rows_shape(input, mask.size(1)))};
 }
 
 at::Tensor linear_forward(const at::Tensor& input, const at::Tensor& weight,
-                          const OptionalTensor& bias) {
+                          const OptionalTensor& bias, bool relu) {
   check_linear_args("fused_linreg.linear_forward", input, weight, bias);
   if (is_half(input))
-    return linear_forward(input.to(at::kFloat), weight.to(at::kFloat), to_float(bias)).to(at::kHalf);
+    return linear_forward(input.to(at::kFloat), weight.to(at::kFloat), to_float(bias), relu)
+        .to(at::kHalf);
   const at::Tensor x = as_rows(input);
   const int64_t n = weight.size(0);
   at::Tensor out = at::empty({x.size(0), n}, input.options());
   const OptionalTensor b = bias.has_value() ? OptionalTensor(bias->contiguous()) : std::nullopt;
-  forward_into(x, weight, b, out, nullptr);
+  forward_into(x, weight, b, relu, out, nullptr);
   return out.view(rows_shape(input, n));
 }
 

@@ -75,10 +75,10 @@ at::Tensor mask_words(const at::Tensor& relu_mask) {
   return mask;
 }
 
-// y = act(input @ W.T + b) over the last dim of input: ReLU and its bitmask (into *mask) when
-// mask is given.
+// y = input @ W.T + b over the last dim of input, or its ReLU; with the ReLU, its bitmask into
+// *mask when mask is given.
 at::Tensor forward(const char* op, const at::Tensor& input, const at::Tensor& weight,
-                   const OptionalTensor& bias, at::Tensor* mask) {
+                   const OptionalTensor& bias, bool relu, at::Tensor* mask) {
   check_linear_args(op, input, weight, bias);
   const c10::cuda::CUDAGuard device_guard(input.device());
   const at::Tensor x = with_unit_stride(as_rows(input));
@@ -102,7 +102,7 @@ at::Tensor forward(const char* op, const at::Tensor& input, const at::Tensor& we
     g.c = data_as<T>(out);
     g.ldc = N;
     g.bias = b.defined() ? data_as<const T>(b) : nullptr;
-    g.relu = mask != nullptr;
+    g.relu = relu;
     if (mask) {
       g.c_mask = data_as<uint32_t>(*mask);
       g.c_mask_row_words = mask->size(1) / 4;
@@ -143,13 +143,13 @@ std::tuple<at::Tensor, at::Tensor> linear_relu_forward(const at::Tensor& input,
                                                        const at::Tensor& weight,
                                                        const OptionalTensor& bias) {
   at::Tensor mask;
-  at::Tensor y = forward("fused_linreg.linear_relu_forward", input, weight, bias, &mask);
+  at::Tensor y = forward("fused_linreg.linear_relu_forward", input, weight, bias, true, &mask);
   return {y, mask};
 }
 
 at::Tensor linear_forward(const at::Tensor& input, const at::Tensor& weight,
-                          const OptionalTensor& bias) {
-  return forward("fused_linreg.linear_forward", input, weight, bias, nullptr);
+                          const OptionalTensor& bias, bool relu) {
+  return forward("fused_linreg.linear_forward", input, weight, bias, relu, nullptr);
 }
 
 LinearGrads linear_backward(const at::Tensor& grad_output, const at::Tensor& input,
