@@ -15,7 +15,9 @@ template <typename T> struct GemmPlan {
   // With a single row block each B panel has one consumer: its task packs it right before use,
   // into L2, instead of a shared pass that writes and rereads the whole packed operand.
   bool pack_b_in_task;
-  bool direct_a;  // A read in place (see kDirectAMaxCols)
+  // A is K-contiguous: its micro-panels are rows (read in place, or packed as rows), not MR-lane
+  // panels. Rows are read in place when direct_a (see kDirectAMaxCols).
+  bool a_rows, direct_a;
   A* slice_out;  // split-K partial results: [slice][M][round_up(ncols, NR)], else nullptr
   A* row_sum_partials;  // [slice][M] when g->a_row_sums, else nullptr
 
@@ -96,11 +98,14 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
     do {  // at least once, so that K == 0 still yields zeros
       const int64_t kb = min64(KC, kend - k0);
       const bool first = k0 == kbeg, last = k0 + kb >= kend;
-      // Unpacked A: whole micro-panels are read from the operand's rows; a partial last one is
-      // packed, so that no row past M is read.
-      const int64_t direct_rows = p.direct_a ? mb / MR * MR : 0;
-      if (direct_rows < mb)
-        pack_a(g, i0 + direct_rows, mb - direct_rows, k0, kb, packed_a + direct_rows * kb, row_sums);
+      // A in rows: whole micro-panels read in place (direct_a), the rest packed as rows (a partial
+      // last panel among them, so that no row past M is read). Otherwise A in MR-lane panels.
+      const int64_t in_place_rows = p.direct_a ? mb / MR * MR : 0;
+      if (!p.a_rows)
+        pack_a(g, i0, mb, k0, kb, packed_a, row_sums);
+      else if (in_place_rows < mb)
+        pack_a_rows(g, i0 + in_place_rows, mb - in_place_rows, k0, kb, packed_a,
+                    row_sums ? row_sums + in_place_rows : nullptr);
       const A* b_block;  // the B micro-panels jp0 .. jp1 of this K block, NR * kb apart
       if (p.pack_b_in_task) {
         A* own = thread_buffer<A, 7>((jp1 - jp0) * NR * KC);
@@ -117,15 +122,20 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
           const GemmArgs<T>* finish = last && !p.slice_out ? &g : nullptr;
           const int64_t m0 = i0 + ip, n0 = p.j0 + jp * NR;
           const int64_t mr = min64(MR, mb - ip), nr = min64(NR, p.ncols - jp * NR);
+          if (!p.a_rows) {
+            microkernel<T, true>(kb, packed_a + ip * kb, 0, b_panel, tile, ld, !first, finish, m0,
+                                 n0, mr, nr);
+            continue;
+          }
+          const A* a_rows = packed_a + (ip - in_place_rows) * kb;
+          int64_t lda = kb;
           if constexpr (std::is_same_v<T, A>) {
-            if (ip < direct_rows) {
-              microkernel<T, false>(kb, g.a + m0 * g.a_rs + k0, g.a_rs, b_panel, tile, ld, !first,
-                                    finish, m0, n0, mr, nr);
-              continue;
+            if (ip < in_place_rows) {
+              a_rows = g.a + m0 * g.a_rs + k0;
+              lda = g.a_rs;
             }
           }
-          microkernel<T>(kb, packed_a + ip * kb, 0, b_panel, tile, ld, !first, finish, m0, n0, mr,
-                         nr);
+          microkernel<T, false>(kb, a_rows, lda, b_panel, tile, ld, !first, finish, m0, n0, mr, nr);
         }
       }
       k0 += kb;
@@ -222,7 +232,8 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
     for (int64_t i = 0; i < p.slices * g.M; ++i) row_sum_partials[i] = 0;
   }
 
-  p.direct_a = std::is_same_v<T, A> && g.a_cs == 1 && !g.a_mask.bits && !g.a_row_sums &&
+  p.a_rows = g.a_cs == 1 && g.a_rs != 1;
+  p.direct_a = p.a_rows && std::is_same_v<T, A> && !g.a_mask.bits && !g.a_row_sums &&
                nc <= kDirectAMaxCols && (g.a_rs * int64_t(sizeof(A))) % kL1AliasBytes != 0;
   for (int64_t j0 = 0; j0 < g.N; j0 += nc) {
     p.j0 = j0;

@@ -4,10 +4,10 @@
 // Microkernel: acc[0:MR, 0:NR] = sum_k A(0:MR, k)^T b[k, 0:NR] in registers, plus the partial sums
 // in c when `accumulate`. Then either stored back to c, or (when `out` is set: the last K block)
 // finished straight from registers into rows m0 .. m0+mr of the output.
-// A(i, k) is a packed micro-panel, a[k * MR + i], when lda == 0; otherwise rows of the unpacked
-// operand, a[i * lda + k] (all MR rows must be readable).
+// A(i, k) is an MR-lane micro-panel, a[k * MR + i], when PackedA; otherwise MR rows,
+// a[i * lda + k] (of the operand in place, or packed as rows; all MR must be readable).
 
-template <typename T, bool PackedA = true>
+template <typename T, bool PackedA>
 inline void microkernel(int64_t kc, const acc_t<T>* __restrict a, int64_t lda,
                         const acc_t<T>* __restrict b,
                         acc_t<T>* __restrict c, int64_t ldc, bool accumulate,

@@ -121,6 +121,38 @@ void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t mb, int64_t k0, int64_t kb
   for (int64_t i = 0; block_sums && i < mb; ++i) row_sums[i] += block_sums[i];
 }
 
+// Packs rows i0 .. i0+mb of a K-contiguous A, steps k0 .. k0+kb, with the mask prologue, as rows:
+// dst[i * kb + k], zero rows up to a whole micro-panel. The microkernel reads them as it reads an
+// operand in place (lda = kb); unlike MR-lane panels this needs no transpose, only a (masked) copy.
+// row_sums[i] (when set) += sum over this K block.
+template <typename T>
+void pack_a_rows(const GemmArgs<T>& g, int64_t i0, int64_t mb, int64_t k0, int64_t kb,
+                 acc_t<T>* dst, acc_t<T>* row_sums) {
+  using A = acc_t<T>;
+  using Ops = VecOps<A>;
+  using V = typename Ops::V;
+  constexpr int W = Ops::W;
+  const PanelMask pm{g.a_mask, g.a_mask_transposed, i0, k0};
+  for (int64_t i = 0; i < mb; ++i) {
+    const T* src = g.a + (i0 + i) * g.a_rs + k0;
+    A* row = dst + i * kb;
+    V sum = V{};
+    for (int64_t k = 0; k < kb; k += W) {
+      const int n = int(min64(W, kb - k));
+      V v = Ops::load(src + k, n);
+      if (g.a_mask.bits) v = Ops::select(v, pm.lane_bits(i, k, n));
+      Ops::store(row + k, v, n);
+      sum += v;
+    }
+    if (row_sums) {
+      A total = 0;
+      for (int l = 0; l < W; ++l) total += sum[l];
+      row_sums[i] += total;
+    }
+  }
+  std::memset(dst + mb * kb, 0, (round_up(mb, Tile<A>::MR) - mb) * kb * sizeof(A));
+}
+
 // Packs B(k0 : k0+kb, j0 : j0+nb) into NR-column micro-panels: dst[(j / NR) * NR * kb + k * NR +
 // j % NR].
 template <typename T>

@@ -8,9 +8,11 @@
 // the pragma, for the baseline ISA.
 //
 // GEMM structure (BLIS): B is packed once per column block into NR-wide micro-panels shared by all
-// threads; each task packs an MC x KC block of A into MR-tall micro-panels and runs the MR x NR
-// register-blocked microkernel over them (each A micro-panel in L1 against the task's B micro-
-// panels streaming from L2), accumulating partial sums in a task-local scratch tile. When the
+// threads; each task packs an MC x KC block of A into MR-tall micro-panels (a K-contiguous A as
+// rows: a copy, no transpose; or read in place when narrow outputs would not repay the copy) and
+// runs the MR x NR register-blocked microkernel over them (each A micro-panel in L1 against the
+// task's B micro-panels streaming from L2), accumulating partial sums in a task-local scratch
+// tile. Tiny products skip all of this for a direct loop. When the
 // last K block of a micro-tile is done, the epilogue turns it into the output while it is still
 // in L1: that is where bias, ReLU, the bitmask and the in-backward SGD update happen.
 
