@@ -87,6 +87,13 @@ void pack_panels(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb
         for (int l = 0; l < n; ++l) lane_sums[lane + l] += sums[l];
     }
   }
+  // Lane sums of these steps accumulate in whole vectors, one per group of W lanes: a masked
+  // store followed by a masked load of the same address is not forwarded, and stalls.
+  constexpr int kGroups = (P + W - 1) / W;
+  V* sums = nullptr;
+  if (lane_sums && k_transposed < kb)
+    sums = reinterpret_cast<V*>(thread_buffer<A, 5>(panels * kGroups * W));
+  for (int64_t i = 0; sums && i < panels * kGroups; ++i) sums[i] = V{};
   for (int64_t k = k_transposed; k < kb; ++k) {
     for (int64_t p = 0; p < panels; ++p) {
       for (int g0 = 0; g0 < P; g0 += W) {
@@ -98,11 +105,17 @@ void pack_panels(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb
         if (ls == 1 && k + 8 < kb) __builtin_prefetch(s + 8 * ks);
         V v = ls == 1 ? Ops::load(s, n) : Ops::load_strided(s, ls, n);
         if (pm && n > 0) v = Ops::select(v, pm->step_bits(lane, k, n));
-        std::memcpy(dst + p * P * kb + k * P + g0, &v, width * sizeof(A));
-        if (lane_sums) Ops::store(lane_sums + lane, Ops::load(lane_sums + lane, n) + v, n);
+        Ops::store(dst + p * P * kb + k * P + g0, v, width);
+        if (sums) sums[p * kGroups + g0 / W] += v;
       }
     }
   }
+  for (int64_t p = 0; sums && p < panels; ++p)
+    for (int g0 = 0; g0 < P; g0 += W) {
+      const int64_t lane = p * P + g0;
+      const int n = int(min64(P - g0 < W ? P - g0 : W, max64(0, lanes - lane)));
+      for (int l = 0; l < n; ++l) lane_sums[lane + l] += sums[p * kGroups + g0 / W][l];
+    }
 }
 
 // Packs A(i0 : i0+mb, k0 : k0+kb), with the mask prologue, into MR-row micro-panels:
