@@ -116,6 +116,12 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
       }
       // The A micro-panel stays in L1 while the chunk's B micro-panels stream from L2.
       for (int64_t ip = 0; ip < mb; ip += MR) {
+        // A read in place comes from memory, not from a packing pass that just touched it: fetch
+        // the next micro-panel's rows while this one computes.
+        if (ip + 2 * MR <= in_place_rows)
+          for (int i = 0; i < MR; ++i)
+            for (int64_t k = 0; k < kb; k += 64 / int64_t(sizeof(A)))
+              __builtin_prefetch(g.a + (i0 + ip + MR + i) * g.a_rs + k0 + k);
         for (int64_t jp = jp0; jp < jp1; ++jp) {
           A* tile = out + ip * ld + (jp - jp0) * NR;
           const A* b_panel = b_block + (jp - jp0) * kb * NR;
