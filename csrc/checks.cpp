@@ -5,7 +5,7 @@
 #include <c10/util/safe_numerics.h>
 
 #include <algorithm>
-#include <string>
+#include <ostream>
 #include <vector>
 
 #include "ops.h"
@@ -17,17 +17,29 @@ bool is_supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
 }
 
-std::string indexed(const char* name, size_t i) { return std::string(name) + "[" + std::to_string(i) + "]"; }
+// An argument's name, e.g. "grads" or "grads[3]", formatted only into an error message: the
+// checks run on every call, so building strings up front would cost more than checking.
+struct ArgName {
+  const char* base;
+  int64_t index = -1;
+  ArgName(const char* name) : base(name) {}  // NOLINT: implicit, names are mostly literals
+  ArgName(const char* name, size_t i) : base(name), index(int64_t(i)) {}
+};
+std::ostream& operator<<(std::ostream& out, const ArgName& name) {
+  out << name.base;
+  if (name.index >= 0) out << "[" << name.index << "]";
+  return out;
+}
 
-void check_floating(const char* op, const std::string& name, const at::Tensor& t) {
+void check_floating(const char* op, const ArgName& name, const at::Tensor& t) {
   TORCH_CHECK_TYPE(is_supported_dtype(t.scalar_type()), op, ": ", name,
                    " must be float32, float64, bfloat16 or float16, got ", t.scalar_type());
   TORCH_CHECK(t.layout() == at::kStrided, op, ": ", name, " must be a dense tensor, got layout ",
               t.layout());
 }
 
-void check_same(const char* op, const std::string& name, const at::Tensor& t, const at::Tensor& ref,
-                const std::string& ref_name) {
+void check_same(const char* op, const ArgName& name, const at::Tensor& t, const at::Tensor& ref,
+                const ArgName& ref_name) {
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": expected ", name, " and ",
                    ref_name, " to have the same dtype, got ", t.scalar_type(), " and ",
                    ref.scalar_type());
@@ -41,7 +53,7 @@ void check_same(const char* op, const std::string& name, const at::Tensor& t, co
 // and written element by element, allowed as in torch.optim.SGD).
 struct Operand {
   const at::Tensor* tensor;
-  std::string name;
+  ArgName name;
   bool written;
   int64_t group = -1;
 };
@@ -92,11 +104,11 @@ void check_sgd_aliasing(const char* op, at::TensorList params, at::TensorList gr
   std::vector<Operand> operands;
   operands.reserve(params.size() + grads.size() + buffers.size());
   for (size_t i = 0; i < params.size(); ++i)
-    operands.push_back({&params[i], indexed("params", i), true, int64_t(i)});
+    operands.push_back({&params[i], ArgName("params", i), true, int64_t(i)});
   for (size_t i = 0; i < buffers.size(); ++i)
-    operands.push_back({&buffers[i], indexed("momentum_buffers", i), true});
+    operands.push_back({&buffers[i], ArgName("momentum_buffers", i), true});
   for (size_t i = 0; i < grads.size(); ++i)
-    operands.push_back({&grads[i], indexed("grads", i), false, int64_t(i)});
+    operands.push_back({&grads[i], ArgName("grads", i), false, int64_t(i)});
   check_written_memory(op, operands,
                        "the parameters and momentum buffers of one step must not overlap each "
                        "other or other gradients");
@@ -208,7 +220,7 @@ void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList 
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
-    const std::string pi = indexed("params", i), gi = indexed("grads", i);
+    const ArgName pi("params", i), gi("grads", i);
     TORCH_CHECK_TYPE(g.layout() == at::kStrided, op, ": ", gi,
                      " is sparse; FusedSGD does not support sparse gradients");
     check_floating(op, pi, p);
@@ -220,7 +232,7 @@ void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList 
                 params[0].device(), " and ", p.device(), " (", pi, ")");
     if (momentum != 0) {
       const at::Tensor& b = momentum_buffers[i];
-      const std::string bi = indexed("momentum_buffers", i);
+      const ArgName bi("momentum_buffers", i);
       check_floating(op, bi, b);
       TORCH_CHECK(b.sizes() == p.sizes(), op, ": ", bi, " has shape ", b.sizes(), " but ", pi,
                   " has shape ", p.sizes());

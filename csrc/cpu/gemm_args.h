@@ -9,6 +9,8 @@
 #pragma once
 #include <cstdint>
 
+#include "cpu/sgd_options.h"
+
 namespace fused_linreg::cpu {
 
 // bfloat16 storage; arithmetic happens in float after packing.
@@ -33,8 +35,7 @@ template <typename T> struct SgdEpilogue {
   T* param = nullptr;                 // same layout as the output: param[m * ldc + n]
   T* momentum_buffer = nullptr;       // nullptr when momentum == 0
   bool init_momentum_buffer = false;  // first step: buffer = grad
-  double lr = 0, momentum = 0, dampening = 0, weight_decay = 0;
-  bool nesterov = false, maximize = false;
+  SgdOptions options;
 };
 
 template <typename T> struct GemmArgs {

@@ -3,7 +3,7 @@
 #include <cstdint>
 
 #include "cpu/gemm_args.h"
-#include "cpu/sgd_math.h"
+#include "cpu/sgd_options.h"
 
 namespace fused_linreg::cpu {
 

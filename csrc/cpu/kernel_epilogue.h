@@ -9,15 +9,15 @@ template <typename T>
 void sgd_row(const GemmArgs<T>& g, const acc_t<T>* grad_row, int64_t m, int64_t n0, int64_t nr) {
   using A = acc_t<T>;
   const SgdEpilogue<T>& s = g.sgd;
-  const A lr = A(s.lr), momentum = A(s.momentum), damp = A(1 - s.dampening), wd = A(s.weight_decay);
+  const SgdCoefficients<A> c = sgd_coefficients<A, A>(s.options, Splat<A>{});
   T* p = s.param + m * g.ldc + n0;
   T* buf = s.momentum_buffer ? s.momentum_buffer + m * g.ldc + n0 : nullptr;
   for (int64_t j = 0; j < nr; ++j) {
     A b = buf ? to_acc(buf[j]) : A(0);
     // The gradient is rounded to the parameter's dtype first, as autograd would store it.
     const A grad = to_acc(from_acc<T>(grad_row[j]));
-    p[j] = from_acc<T>(sgd_update<A>(to_acc(p[j]), grad, &b, s.init_momentum_buffer, lr, momentum,
-                                     damp, wd, s.nesterov, s.maximize));
+    p[j] = from_acc<T>(
+        sgd_update(to_acc(p[j]), grad, &b, s.init_momentum_buffer, c, FusedMultiplyAdd{}));
     if (buf) buf[j] = from_acc<T>(b);
   }
 }

@@ -14,37 +14,55 @@ template <typename T> struct SgdPlan {
 
 constexpr int64_t kSgdChunk = 1 << 15;
 
-template <typename T> void sgd_chunks(void* ctx, int64_t begin, int64_t end) {
+// SgdCoefficients<V> and Splat<V> take the vector type as a template argument, which drops its
+// reduced-alignment attribute (needed only for loads through V*): harmless for values.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+
+// Elements [e0, e1) of one tensor. Whole vectors of W elements and the scalar tail go through
+// the same sgd_update arithmetic, so every element is updated alike.
+template <typename T>
+void sgd_range(const SgdTensor<T>& t, int64_t e0, int64_t e1, const SgdOptions& o, double grad_scale) {
   using A = acc_t<T>;
+  using Ops = VecOps<A>;
+  using V = typename Ops::V;
+  constexpr int W = Ops::W;
+  const bool scaled = grad_scale != 1.0;
+  const bool momentum = t.momentum_buffer != nullptr;  // (momentum == 0: no buffer)
+  auto scalar = sgd_coefficients<A, A>(o, Splat<A>{});
+  scalar.use_momentum = momentum;
+  int64_t e = e0;
+  if constexpr (std::is_same_v<T, A>) {
+    auto vector = sgd_coefficients<V, A>(o, Splat<V>{});
+    vector.use_momentum = momentum;
+    const V scale = Splat<V>{}(A(grad_scale));
+    for (; e + W <= e1; e += W) {
+      V p = Ops::load(t.param + e, W), g = Ops::load(t.grad + e, W), b = V{};
+      if (scaled) g = g / scale;
+      if (momentum) b = Ops::load(t.momentum_buffer + e, W);
+      p = sgd_update(p, g, &b, t.init_momentum_buffer, vector, FusedMultiplyAdd{});
+      Ops::store(t.param + e, p, W);
+      if (momentum) Ops::store(t.momentum_buffer + e, b, W);
+    }
+  }
+  for (; e < e1; ++e) {
+    A g = to_acc(t.grad[e]);
+    if (scaled) g = g / A(grad_scale);
+    A b = momentum ? to_acc(t.momentum_buffer[e]) : A(0);
+    t.param[e] = from_acc<T>(
+        sgd_update(to_acc(t.param[e]), g, &b, t.init_momentum_buffer, scalar, FusedMultiplyAdd{}));
+    if (momentum) t.momentum_buffer[e] = from_acc<T>(b);
+  }
+}
+
+#pragma GCC diagnostic pop
+
+template <typename T> void sgd_chunks(void* ctx, int64_t begin, int64_t end) {
   const SgdPlan<T>& p = *static_cast<const SgdPlan<T>*>(ctx);
-  const SgdOptions& o = *p.options;
-  const A lr = A(o.lr), momentum = A(o.momentum), damp = A(1 - o.dampening),
-          wd = A(o.weight_decay);
-  const bool scaled = p.grad_scale != 1.0;
-  const A scale = A(p.grad_scale);
   for (int64_t c = begin; c < end; ++c) {
     const SgdTensor<T>& t = p.tensors[p.chunk_tensor[c]];
-    const int64_t e0 = p.chunk_begin[c], e1 = min64(e0 + kSgdChunk, t.numel);
-    T* param = t.param;
-    const T* grad = t.grad;
-    T* buf = t.momentum_buffer;
-    if (buf == nullptr) {
-      for (int64_t e = e0; e < e1; ++e) {
-        A g = to_acc(grad[e]);
-        if (scaled) g = g / scale;
-        param[e] = from_acc<T>(
-            sgd_update<A>(to_acc(param[e]), g, nullptr, false, lr, A(0), damp, wd, false, o.maximize));
-      }
-    } else {
-      for (int64_t e = e0; e < e1; ++e) {
-        A g = to_acc(grad[e]);
-        if (scaled) g = g / scale;
-        A b = to_acc(buf[e]);
-        param[e] = from_acc<T>(sgd_update<A>(to_acc(param[e]), g, &b, t.init_momentum_buffer, lr,
-                                             momentum, damp, wd, o.nesterov, o.maximize));
-        buf[e] = from_acc<T>(b);
-      }
-    }
+    const int64_t e0 = p.chunk_begin[c];
+    sgd_range(t, e0, min64(e0 + kSgdChunk, t.numel), *p.options, p.grad_scale);
   }
 }
 

@@ -49,6 +49,40 @@ template <typename A> inline uint32_t gradient_lanes(typename Vec<A>::type v) {
 #endif
 }
 
+// A scalar as a V (a scalar type, or a vector with every lane equal): x - 0 is exact for every x,
+// -0 and NaN included.
+template <typename V> struct Splat {
+  template <typename A> V operator()(A x) const { return x - V{}; }
+};
+
+// a * b + c rounded once, for scalars and for vectors (the SGD update's arithmetic).
+struct FusedMultiplyAdd {
+  float operator()(float a, float b, float c) const { return std::fma(a, b, c); }
+  double operator()(double a, double b, double c) const { return std::fma(a, b, c); }
+  typename Vec<float>::type operator()(typename Vec<float>::type a, typename Vec<float>::type b,
+                                       typename Vec<float>::type c) const {
+#if defined(FUSED_LINREG_ISA_AVX512)
+    return _mm512_fmadd_ps(__m512(a), __m512(b), __m512(c));
+#elif defined(FUSED_LINREG_ISA_AVX2)
+    return _mm256_fmadd_ps(__m256(a), __m256(b), __m256(c));
+#else
+    for (int l = 0; l < Vec<float>::width; ++l) a[l] = std::fma(a[l], b[l], c[l]);
+    return a;
+#endif
+  }
+  typename Vec<double>::type operator()(typename Vec<double>::type a, typename Vec<double>::type b,
+                                        typename Vec<double>::type c) const {
+#if defined(FUSED_LINREG_ISA_AVX512)
+    return _mm512_fmadd_pd(__m512d(a), __m512d(b), __m512d(c));
+#elif defined(FUSED_LINREG_ISA_AVX2)
+    return _mm256_fmadd_pd(__m256d(a), __m256d(b), __m256d(c));
+#else
+    for (int l = 0; l < Vec<double>::width; ++l) a[l] = std::fma(a[l], b[l], c[l]);
+    return a;
+#endif
+  }
+};
+
 template <typename A> struct VecOps {
   using V = typename Vec<A>::type;
   using I = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;

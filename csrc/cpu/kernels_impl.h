@@ -25,6 +25,7 @@ namespace fused_linreg::cpu::FUSED_LINREG_ISA {
 // The parts, in dependency order; each is a fragment of this namespace, not a standalone header.
 // clang-format off
 #include "cpu/kernel_vector.h"
+#include "cpu/kernel_sgd_update.h"
 #include "cpu/kernel_blocking.h"
 #include "cpu/kernel_pack.h"
 #include "cpu/kernel_epilogue.h"

@@ -14,4 +14,4 @@
 
 #include "cpu/gemm_args.h"
 #include "cpu/isa.h"
-#include "cpu/sgd_math.h"
+#include "cpu/sgd_options.h"

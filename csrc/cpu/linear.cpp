@@ -217,12 +217,7 @@ void linear_backward_sgd_(const at::Tensor& grad_output, const at::Tensor& input
     g.sgd.param = data_as<T>(weight);
     g.sgd.momentum_buffer = momentum != 0 ? data_as<T>(*weight_momentum_buffer) : nullptr;
     g.sgd.init_momentum_buffer = init_weight_momentum;
-    g.sgd.lr = lr;
-    g.sgd.momentum = momentum;
-    g.sgd.dampening = dampening;
-    g.sgd.weight_decay = weight_decay;
-    g.sgd.nesterov = nesterov;
-    g.sgd.maximize = maximize;
+    g.sgd.options = options;
     run_gemm(g, "fused_linreg.linear_backward_sgd_", x, weight);
     if (bias.has_value()) {
       // The bias gradient is a vector: rounded to the bias dtype, then one SGD step.

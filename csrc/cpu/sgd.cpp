@@ -14,10 +14,14 @@ namespace {
 
 // The kernels need contiguous memory: a non-contiguous (or float16) tensor is stepped through a
 // contiguous working copy in the kernel dtype, written back afterwards.
+at::Tensor contiguous_as(const at::Tensor& t, at::ScalarType dtype) {
+  // The common case costs no dispatcher call (this runs per parameter, every step).
+  return t.scalar_type() == dtype && t.is_contiguous() ? t : t.to(dtype).contiguous();
+}
+
 struct Working {
   at::Tensor original, work;
-  Working(const at::Tensor& t, at::ScalarType dtype)
-      : original(t), work(t.to(dtype).contiguous()) {}
+  Working(const at::Tensor& t, at::ScalarType dtype) : original(t), work(contiguous_as(t, dtype)) {}
   void write_back() const {
     if (!work.is_same(original)) original.copy_(work);
   }
@@ -41,7 +45,7 @@ void step(const std::vector<size_t>& indices, at::TensorList params, at::TensorL
       outs.emplace_back(buffers[i], dtype);
       b = data_as<T>(outs.back().work);
     }
-    grads_in.push_back(grads[i].to(dtype).contiguous());
+    grads_in.push_back(contiguous_as(grads[i], dtype));
     tensors.push_back(SgdTensor<T>{p, data_as<T>(grads_in.back()), b, params[i].numel(),
                                    momentum && init.get(i)});
   }

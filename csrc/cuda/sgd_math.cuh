@@ -1,7 +1,7 @@
 // One element of torch.optim.SGD's update on the GPU, shared by the multi-tensor SGD kernel and
-// the GEMM epilogue that applies SGD inside the backward: the device twin of cpu/sgd_math.h,
-// in the same operation order (maximize, weight decay, momentum, nesterov), so that CPU and
-// CUDA agree to rounding.
+// the GEMM epilogue that applies SGD inside the backward: the device twin of
+// cpu/kernel_sgd_update.h, in the same operation order (maximize, weight decay, momentum,
+// nesterov), so that CPU and CUDA agree to rounding.
 #pragma once
 
 namespace fused_linreg::cuda {
