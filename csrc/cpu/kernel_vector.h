@@ -57,27 +57,23 @@ template <typename V> struct Splat {
 
 // a * b + c rounded once, for scalars and for vectors (the SGD update's arithmetic).
 struct FusedMultiplyAdd {
-  float operator()(float a, float b, float c) const { return std::fma(a, b, c); }
-  double operator()(double a, double b, double c) const { return std::fma(a, b, c); }
-  typename Vec<float>::type operator()(typename Vec<float>::type a, typename Vec<float>::type b,
-                                       typename Vec<float>::type c) const {
-#if defined(FUSED_LINREG_ISA_AVX512)
-    return _mm512_fmadd_ps(__m512(a), __m512(b), __m512(c));
-#elif defined(FUSED_LINREG_ISA_AVX2)
-    return _mm256_fmadd_ps(__m256(a), __m256(b), __m256(c));
-#else
-    for (int l = 0; l < Vec<float>::width; ++l) a[l] = std::fma(a[l], b[l], c[l]);
-    return a;
-#endif
+  template <typename A, std::enable_if_t<std::is_floating_point_v<A>, int> = 0>
+  A operator()(A a, A b, A c) const {
+    return std::fma(a, b, c);
   }
-  typename Vec<double>::type operator()(typename Vec<double>::type a, typename Vec<double>::type b,
-                                        typename Vec<double>::type c) const {
+  template <typename V, std::enable_if_t<!std::is_floating_point_v<V>, int> = 0>
+  V operator()(V a, V b, V c) const {
+#if defined(FUSED_LINREG_ISA_AVX512) || defined(FUSED_LINREG_ISA_AVX2)
+    constexpr bool f32 = sizeof(a[0]) == 4;
+#endif
 #if defined(FUSED_LINREG_ISA_AVX512)
-    return _mm512_fmadd_pd(__m512d(a), __m512d(b), __m512d(c));
+    if constexpr (f32) return V(_mm512_fmadd_ps(__m512(a), __m512(b), __m512(c)));
+    else return V(_mm512_fmadd_pd(__m512d(a), __m512d(b), __m512d(c)));
 #elif defined(FUSED_LINREG_ISA_AVX2)
-    return _mm256_fmadd_pd(__m256d(a), __m256d(b), __m256d(c));
+    if constexpr (f32) return V(_mm256_fmadd_ps(__m256(a), __m256(b), __m256(c)));
+    else return V(_mm256_fmadd_pd(__m256d(a), __m256d(b), __m256d(c)));
 #else
-    for (int l = 0; l < Vec<double>::width; ++l) a[l] = std::fma(a[l], b[l], c[l]);
+    for (int l = 0; l < int(sizeof(V) / sizeof(a[0])); ++l) a[l] = std::fma(a[l], b[l], c[l]);
     return a;
 #endif
   }
