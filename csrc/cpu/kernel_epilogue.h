@@ -13,12 +13,12 @@ void sgd_row(const GemmArgs<T>& g, const acc_t<T>* grad_row, int64_t m, int64_t 
   T* p = s.param + m * g.ldc + n0;
   T* buf = s.momentum_buffer ? s.momentum_buffer + m * g.ldc + n0 : nullptr;
   for (int64_t j = 0; j < nr; ++j) {
-    A b = buf ? to_acc(buf[j]) : A(0);
+    const A b = buf ? to_acc(buf[j]) : A(0);
     // The gradient is rounded to the parameter's dtype first, as autograd would store it.
     const A grad = to_acc(from_acc<T>(grad_row[j]));
-    p[j] = from_acc<T>(
-        sgd_update(to_acc(p[j]), grad, &b, s.init_momentum_buffer, c, FusedMultiplyAdd{}));
-    if (buf) buf[j] = from_acc<T>(b);
+    const auto next = sgd_update(to_acc(p[j]), grad, b, s.init_momentum_buffer, c, FusedMultiplyAdd{});
+    p[j] = from_acc<T>(next.param);
+    if (buf) buf[j] = from_acc<T>(next.momentum_buffer);
   }
 }
 

@@ -37,21 +37,23 @@ void sgd_range(const SgdTensor<T>& t, int64_t e0, int64_t e1, const SgdOptions& 
     vector.use_momentum = momentum;
     const V scale = Splat<V>{}(A(grad_scale));
     for (; e + W <= e1; e += W) {
-      V p = Ops::load(t.param + e, W), g = Ops::load(t.grad + e, W), b = V{};
+      V g = Ops::load(t.grad + e, W), b = V{};
       if (scaled) g = g / scale;
       if (momentum) b = Ops::load(t.momentum_buffer + e, W);
-      p = sgd_update(p, g, &b, t.init_momentum_buffer, vector, FusedMultiplyAdd{});
-      Ops::store(t.param + e, p, W);
-      if (momentum) Ops::store(t.momentum_buffer + e, b, W);
+      const auto next = sgd_update(Ops::load(t.param + e, W), g, b, t.init_momentum_buffer, vector,
+                                   FusedMultiplyAdd{});
+      Ops::store(t.param + e, next.param, W);
+      if (momentum) Ops::store(t.momentum_buffer + e, next.momentum_buffer, W);
     }
   }
   for (; e < e1; ++e) {
     A g = to_acc(t.grad[e]);
     if (scaled) g = g / A(grad_scale);
-    A b = momentum ? to_acc(t.momentum_buffer[e]) : A(0);
-    t.param[e] = from_acc<T>(
-        sgd_update(to_acc(t.param[e]), g, &b, t.init_momentum_buffer, scalar, FusedMultiplyAdd{}));
-    if (momentum) t.momentum_buffer[e] = from_acc<T>(b);
+    const A b = momentum ? to_acc(t.momentum_buffer[e]) : A(0);
+    const auto next =
+        sgd_update(to_acc(t.param[e]), g, b, t.init_momentum_buffer, scalar, FusedMultiplyAdd{});
+    t.param[e] = from_acc<T>(next.param);
+    if (momentum) t.momentum_buffer[e] = from_acc<T>(next.momentum_buffer);
   }
 }
 

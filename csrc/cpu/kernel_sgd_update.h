@@ -19,17 +19,23 @@ SgdCoefficients<V> sgd_coefficients(const SgdOptions& o, Splat splat) {
           splat(A(o.weight_decay)), o.weight_decay != 0, o.momentum != 0, o.nesterov, o.maximize};
 }
 
-// Returns the new parameter; updates *buf when momentum is used. `init_buf` is the first step,
-// where torch.optim.SGD sets the buffer to a copy of the (decayed) gradient. fma(a, b, c) is
-// a * b + c rounded once, for V.
+template <typename V> struct SgdResult {
+  V param, momentum_buffer;
+};
+
+// The new parameter and momentum buffer (buf is unused, and returned as is, without momentum).
+// `init_buf` is the first step, where torch.optim.SGD sets the buffer to a copy of the (decayed)
+// gradient. fma(a, b, c) is a * b + c rounded once, for V. Everything passes by value: as a
+// template argument the vector type loses its reduced-alignment attribute, so a pointer to the
+// caller's variable would claim an alignment it does not have.
 template <typename V, typename Fma>
-inline V sgd_update(V p, V g, V* buf, bool init_buf, const SgdCoefficients<V>& c, Fma fma) {
+inline SgdResult<V> sgd_update(V p, V g, V buf, bool init_buf, const SgdCoefficients<V>& c,
+                               Fma fma) {
   if (c.maximize) g = -g;
   if (c.decay) g = fma(c.weight_decay, p, g);
   if (c.use_momentum) {
-    const V b = init_buf ? g : fma(c.dampening_complement, g, *buf * c.momentum);
-    *buf = b;
-    g = c.nesterov ? fma(c.momentum, b, g) : b;
+    buf = init_buf ? g : fma(c.dampening_complement, g, buf * c.momentum);
+    g = c.nesterov ? fma(c.momentum, buf, g) : buf;
   }
-  return fma(c.neg_lr, g, p);
+  return {fma(c.neg_lr, g, p), buf};
 }
