@@ -2,6 +2,7 @@
 // The backward of either is the linear_backward operator over what the forward saved: input,
 // weight and (for linear+ReLU) the bitmask, never the output.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -119,15 +120,22 @@ LinearGrads linear_backward_autograd(const at::Tensor& grad_output, const at::Te
 }
 
 // Inference and frozen layers skip the autograd Function (its node and saved-tensor set-up are a
-// large part of a small layer's cost).
-bool records_graph(const at::Tensor& input, const at::Tensor& weight, const OptionalTensor& bias) {
-  return at::GradMode::is_enabled() &&
-         (input.requires_grad() || weight.requires_grad() || (bias.has_value() && bias->requires_grad()));
+// large part of a small layer's cost). Forward-mode AD and functorch transforms do not: the
+// Function refuses them with an error, where skipping it would drop their tangents silently.
+bool needs_autograd_function(const at::Tensor& input, const at::Tensor& weight,
+                             const OptionalTensor& bias) {
+  // Any functorch transform in progress keeps its back-mode key in the thread's included set.
+  if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerBackMode))
+    return true;
+  const auto involved = [](const at::Tensor& t) {
+    return (at::GradMode::is_enabled() && t.requires_grad()) || t._fw_grad(/*level=*/0).defined();
+  };
+  return involved(input) || involved(weight) || (bias.has_value() && involved(*bias));
 }
 
 at::Tensor linear_forward_autograd(const at::Tensor& input, const at::Tensor& weight,
                                    const OptionalTensor& bias, bool relu) {
-  if (!records_graph(input, weight, bias))
+  if (!needs_autograd_function(input, weight, bias))
     return linear_forward_below_autograd(input, weight, bias, relu);
   // The backward of a ReLU needs its bitmask: the linear+ReLU operator makes and keeps it.
   if (relu) return LinearReLUFunction::apply(input, weight, bias)[0];
@@ -137,7 +145,7 @@ at::Tensor linear_forward_autograd(const at::Tensor& input, const at::Tensor& we
 std::tuple<at::Tensor, at::Tensor> linear_relu_forward_autograd(const at::Tensor& input,
                                                                 const at::Tensor& weight,
                                                                 const OptionalTensor& bias) {
-  if (!records_graph(input, weight, bias))
+  if (!needs_autograd_function(input, weight, bias))
     return linear_relu_forward_below_autograd(input, weight, bias);
   auto outputs = LinearReLUFunction::apply(input, weight, bias);
   return std::make_tuple(outputs[0], outputs[1]);

@@ -50,6 +50,20 @@ def test_linear_matches_pytorch(isa, dtype, op):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("rows", [(16, 16, 8), (3, 100, 5), (1, 256, 8)], ids=lambda s: "x".join(map(str, s)))
+def test_row_results_do_not_depend_on_the_batch(isa, dtype, rows):
+    # A tiny product takes a direct loop, the same rows in a larger batch the tiled microkernel:
+    # both must round alike (continuous data, so that rounding shows).
+    M, K, N = rows
+    g = torch.Generator().manual_seed(M * K + N)
+    x = torch.randn(M, K, generator=g, dtype=dtype)
+    w, b = torch.randn(N, K, generator=g, dtype=dtype), torch.randn(N, generator=g, dtype=dtype)
+    small = fused_linreg.functional.linear(x, w, b)
+    big = fused_linreg.functional.linear(torch.cat([x] * (4096 // (M * N * K) + 2)), w, b)[:M]
+    assert torch.equal(small, big)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_sgd_matches_pytorch(isa, dtype):
     options = dict(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)
     results = []

@@ -310,6 +310,22 @@ def test_no_grad_forward_keeps_no_graph():
 
 
 @pytest.mark.parametrize("op", OPS_UNDER_TEST)
+@pytest.mark.parametrize("transform", ["jvp", "jacfwd", "make_dual"])
+def test_forward_mode_ad_is_refused_not_silently_zero(transform, op):
+    # No forward-mode derivative is implemented: an error, never a zero tangent.
+    x, w, b = torch.randn(3, 4), torch.randn(5, 4), torch.randn(5)
+    f = lambda x: fused(op, x, w, b)  # noqa: E731
+    with pytest.raises(RuntimeError):
+        if transform == "jvp":
+            torch.func.jvp(f, (x,), (torch.ones_like(x),))
+        elif transform == "jacfwd":
+            torch.func.jacfwd(f)(x)
+        else:
+            with torch.autograd.forward_ad.dual_level():
+                f(torch.autograd.forward_ad.make_dual(x, torch.ones_like(x)))
+
+
+@pytest.mark.parametrize("op", OPS_UNDER_TEST)
 def test_double_backward_raises_or_is_correct(op):
     """The backward need not be differentiable, but a second derivative must then raise, never
     come back silently as "unused" (None / zero) while PyTorch gives a non-zero answer."""

@@ -168,9 +168,11 @@ template <typename T> void reduce_slices_task(void* ctx, int64_t begin, int64_t 
   }
 }
 
-// Problems of a few thousand multiply-adds: the tiled path's fixed costs (packing, accumulator
-// set-up, the padded epilogue) would outweigh the arithmetic. Each output row segment is summed
-// in plain loops and goes through the scalar form of the epilogue. No prologue here.
+// Problems of a few thousand multiply-adds within one K block: the tiled path's fixed costs
+// (packing, accumulator set-up, the padded epilogue) would outweigh the arithmetic. Each output
+// row segment is summed in plain loops and goes through the scalar form of the epilogue. No
+// prologue here. The sums round exactly as the microkernel's (one K block, in order, fused
+// multiply-adds where the ISA has them), so a row's result does not depend on the path.
 constexpr int64_t kDirectMaxMacs = 2048;
 
 template <typename T> void gemm_direct(const GemmArgs<T>& g) {
@@ -182,8 +184,15 @@ template <typename T> void gemm_direct(const GemmArgs<T>& g) {
       A sums[NR];
       for (int64_t j = 0; j < nr; ++j) {
         A sum = -A(0);  // the identity of IEEE addition, as in the microkernel
-        for (int64_t k = 0; k < g.K; ++k)
-          sum += to_acc(g.a[m * g.a_rs + k * g.a_cs]) * to_acc(g.b[k * g.b_rs + (n0 + j) * g.b_cs]);
+        for (int64_t k = 0; k < g.K; ++k) {
+          const A a = to_acc(g.a[m * g.a_rs + k * g.a_cs]);
+          const A b = to_acc(g.b[k * g.b_rs + (n0 + j) * g.b_cs]);
+#if defined(FUSED_LINREG_ISA_AVX512) || defined(FUSED_LINREG_ISA_AVX2)
+          sum = std::fma(a, b, sum);  // the microkernel's contracted multiply-add
+#else
+          sum += a * b;  // no FMA instructions in the baseline ISA: the microkernel rounds twice
+#endif
+        }
         sums[j] = sum;
       }
       finish_row_scalar(g, sums, m, n0, nr);
@@ -207,7 +216,8 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
     return;
   }
 
-  if (g.M * g.N <= kDirectMaxMacs && g.M * g.N * g.K <= kDirectMaxMacs && !g.a_mask.bits && !g.a_row_sums) {
+  if (g.K <= KC && g.M * g.N <= kDirectMaxMacs && g.M * g.N * g.K <= kDirectMaxMacs &&
+      !g.a_mask.bits && !g.a_row_sums) {
     gemm_direct(g);
     return;
   }
