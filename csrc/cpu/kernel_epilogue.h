@@ -9,9 +9,9 @@ template <typename T>
 void sgd_row(const GemmArgs<T>& g, const acc_t<T>* grad_row, int64_t m, int64_t n0, int64_t nr) {
   using A = acc_t<T>;
   const SgdEpilogue<T>& s = g.sgd;
-  const SgdCoefficients<A> c = sgd_coefficients<A, A>(s.options, Splat<A>{});
   T* p = s.param + m * g.ldc + n0;
   T* buf = s.momentum_buffer ? s.momentum_buffer + m * g.ldc + n0 : nullptr;
+  const SgdCoefficients<A> c = sgd_coefficients<A, A>(s.options, buf != nullptr, Splat<A>{});
   for (int64_t j = 0; j < nr; ++j) {
     const A b = buf ? to_acc(buf[j]) : A(0);
     // The gradient is rounded to the parameter's dtype first, as autograd would store it.
@@ -94,11 +94,11 @@ template <bool Relu, typename A>
 inline void finish_tile(const GemmArgs<A>& g, const typename Vec<A>::type (*acc)[Tile<A>::NV],
                         int64_t m0, int64_t n0) {
   using V = typename Vec<A>::type;
-  constexpr int MR = Tile<A>::MR, NV = Tile<A>::NV, W = Tile<A>::W, NR = Tile<A>::NR;
+  constexpr int MR = Tile<A>::MR, NV = Tile<A>::NV, W = Tile<A>::W;
   V bias[NV];
   for (int v = 0; v < NV; ++v) bias[v] = g.bias ? VecOps<A>::load(g.bias + n0 + v * W, W) : -V{};
   A* out = g.c + m0 * g.ldc + n0;
-  uint8_t* mask = Relu && g.c_mask.bits ? g.c_mask.bits + m0 * g.c_mask.row_bytes + n0 / 8 : nullptr;
+  const bool mask = Relu && g.c_mask.bits;
   for (int i = 0; i < MR; ++i) {
     uint64_t bits = 0;
     for (int v = 0; v < NV; ++v) {
@@ -109,12 +109,8 @@ inline void finish_tile(const GemmArgs<A>& g, const typename Vec<A>::type (*acc)
       }
       std::memcpy(out + i * g.ldc + v * W, &r, sizeof(V));
     }
-    if (mask) std::memcpy(mask + i * g.c_mask.row_bytes, &bits, NR / 8);  // little-endian bytes
+    if (mask) store_mask_bits(g, bits, m0 + i, n0);
   }
-  if (mask && n0 + NR >= g.N)
-    for (int i = 0; i < MR; ++i)
-      for (int64_t byte = NR / 8; n0 / 8 + byte < g.c_mask.row_bytes; ++byte)
-        mask[i * g.c_mask.row_bytes + byte] = 0;
 }
 
 // A finished micro-tile held in memory (split-K partial sums): rows m0.., columns n0...

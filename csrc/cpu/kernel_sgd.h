@@ -28,13 +28,11 @@ void sgd_range(const SgdTensor<T>& t, int64_t e0, int64_t e1, const SgdOptions& 
   using V = typename Ops::V;
   constexpr int W = Ops::W;
   const bool scaled = grad_scale != 1.0;
-  const bool momentum = t.momentum_buffer != nullptr;  // (momentum == 0: no buffer)
-  auto scalar = sgd_coefficients<A, A>(o, Splat<A>{});
-  scalar.use_momentum = momentum;
+  const bool momentum = t.momentum_buffer != nullptr;
+  const auto scalar = sgd_coefficients<A, A>(o, momentum, Splat<A>{});
   int64_t e = e0;
   if constexpr (std::is_same_v<T, A>) {
-    auto vector = sgd_coefficients<V, A>(o, Splat<V>{});
-    vector.use_momentum = momentum;
+    const auto vector = sgd_coefficients<V, A>(o, momentum, Splat<V>{});
     const V scale = Splat<V>{}(A(grad_scale));
     for (; e + W <= e1; e += W) {
       V g = Ops::load(t.grad + e, W), b = V{};

@@ -12,11 +12,13 @@ template <typename V> struct SgdCoefficients {
   bool decay, use_momentum, nesterov, maximize;
 };
 
-// `splat(x)` turns a scalar of the accumulator type into V exactly.
+// `splat(x)` turns a scalar of the accumulator type into V exactly. Momentum is used where the
+// parameter has a momentum buffer (there is none when momentum == 0).
 template <typename V, typename A, typename Splat>
-SgdCoefficients<V> sgd_coefficients(const SgdOptions& o, Splat splat) {
+SgdCoefficients<V> sgd_coefficients(const SgdOptions& o, bool has_momentum_buffer, Splat splat) {
   return {splat(A(-o.lr)), splat(A(o.momentum)), splat(A(1 - o.dampening)),
-          splat(A(o.weight_decay)), o.weight_decay != 0, o.momentum != 0, o.nesterov, o.maximize};
+          splat(A(o.weight_decay)), o.weight_decay != 0, has_momentum_buffer, o.nesterov,
+          o.maximize};
 }
 
 template <typename V> struct SgdResult {
