@@ -48,6 +48,29 @@ def test_trajectory_matches_torch_sgd(options):
                                        rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_narrow_layers_match_torch_sgd(bias):
+    # Widths of 1 and 3 and a batch of 300: the weight-gradient GEMMs of these layers take the
+    # narrow-output and short-output paths (dot products, rows in lanes, few rows), each with the
+    # SGD update as its epilogue.
+    def build():
+        torch.manual_seed(5)
+        return nn.Sequential(nn.Linear(1, 20, bias=bias), nn.ReLU(), nn.Linear(20, 3, bias=bias), nn.ReLU(),
+                             nn.Linear(3, 1, bias=bias)).double()
+    ref, fused = build(), fused_linreg.fuse(build())
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
+    opt = FusedSGD(fused.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01, in_backward=True)
+    x = torch.randn(300, 1, dtype=torch.float64)
+    y = 2 * x + 1
+    for _ in range(8):
+        for model, o in ((ref, ref_opt), (fused, opt)):
+            o.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            o.step()
+    for a, b in zip(fused.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_float32_and_no_bias_and_mixed_model():
     """Plain parameters (not in a fused layer) are left to step(); float32; bias=False."""
     torch.manual_seed(0)

@@ -15,7 +15,8 @@ ISAS = fused_linreg.build_info()["cpu_isas_supported"]
 # Around MR in {2, 6, 12}, NR in {8, 16, 32}, KC = 256, task columns 1024, split K (K >= 2048).
 SHAPES = [(1, 1, 1), (0, 3, 4), (2, 8, 3), (3, 9, 5), (5, 7, 2), (6, 16, 8), (7, 17, 9),
           (11, 31, 10), (12, 32, 11), (13, 33, 12), (25, 65, 7), (4, 5, 255), (7, 9, 257),
-          (3, 1025, 4), (2, 3, 2049), (40, 70, 30)]
+          (3, 1025, 4), (2, 3, 2049), (40, 70, 30),
+          (70, 1, 20), (37, 3, 5), (33, 9, 300), (19, 4, 1)]  # narrow outputs, every lane width
 
 
 @pytest.fixture(params=ISAS)
@@ -50,10 +51,12 @@ def test_linear_matches_pytorch(isa, dtype, op):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("rows", [(16, 16, 8), (3, 100, 5), (1, 256, 8)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("rows", [(16, 16, 8), (3, 100, 5), (1, 256, 8), (3, 64, 1), (5, 40, 3),
+                                  (2, 1000, 1), (7, 5, 9), (1, 300, 16)],
+                         ids=lambda s: "x".join(map(str, s)))
 def test_row_results_do_not_depend_on_the_batch(isa, dtype, rows):
-    # A tiny product takes a direct loop, the same rows in a larger batch the tiled microkernel:
-    # both must round alike (continuous data, so that rounding shows).
+    # A tiny product takes a direct loop, the same rows in a larger batch the tiled microkernel or
+    # a narrow-output path: all must round alike (continuous data, so that rounding shows).
     M, K, N = rows
     g = torch.Generator().manual_seed(M * K + N)
     x = torch.randn(M, K, generator=g, dtype=dtype)

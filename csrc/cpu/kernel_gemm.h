@@ -102,7 +102,7 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
       // last panel among them, so that no row past M is read). Otherwise A in MR-lane panels.
       const int64_t in_place_rows = p.direct_a ? mb / MR * MR : 0;
       if (!p.a_rows)
-        pack_a(g, i0, mb, k0, kb, packed_a, row_sums);
+        pack_a<MR>(g, i0, mb, k0, kb, packed_a, row_sums);
       else if (in_place_rows < mb)
         pack_a_rows(g, i0 + in_place_rows, mb - in_place_rows, k0, kb, packed_a,
                     row_sums ? row_sums + in_place_rows : nullptr);
@@ -129,8 +129,8 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
           const int64_t m0 = i0 + ip, n0 = p.j0 + jp * NR;
           const int64_t mr = min64(MR, mb - ip), nr = min64(NR, p.ncols - jp * NR);
           if (!p.a_rows) {
-            microkernel<T, true>(kb, packed_a + ip * kb, 0, b_panel, tile, ld, !first, finish, m0,
-                                 n0, mr, nr);
+            microkernel<T, true>(kb, packed_a + ip * kb, 0, b_panel, NR, tile, ld, !first, finish,
+                                 m0, n0, mr, nr);
             continue;
           }
           const A* a_rows = packed_a + (ip - in_place_rows) * kb;
@@ -141,7 +141,8 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
               lda = g.a_rs;
             }
           }
-          microkernel<T, false>(kb, a_rows, lda, b_panel, tile, ld, !first, finish, m0, n0, mr, nr);
+          microkernel<T, false>(kb, a_rows, lda, b_panel, NR, tile, ld, !first, finish, m0, n0, mr,
+                                nr);
         }
       }
       k0 += kb;
@@ -168,35 +169,53 @@ template <typename T> void reduce_slices_task(void* ctx, int64_t begin, int64_t 
   }
 }
 
-// Problems of a few thousand multiply-adds within one K block: the tiled path's fixed costs
-// (packing, accumulator set-up, the padded epilogue) would outweigh the arithmetic. Each output
-// row segment is summed in plain loops and goes through the scalar form of the epilogue. No
-// prologue here. The sums round exactly as the microkernel's (one K block, in order, fused
-// multiply-adds where the ISA has them), so a row's result does not depend on the path.
+// Problems of a few thousand multiply-adds within one K block, or of a handful of outputs (the
+// 1 x 1 weight gradient of the seed's model is one dot product over the whole batch): the tiled
+// path's fixed costs (packing, accumulator set-up, the padded epilogue) would outweigh the
+// arithmetic. Each output row segment is summed in plain loops, with the mask prologue and the row
+// sums, and goes through the scalar form of the epilogue. The sums round exactly as the
+// microkernel's (K blocks of KC summed in order from -0.0, fused multiply-adds where the ISA has
+// them, the blocks added in order), so a row's result does not depend on the path.
 constexpr int64_t kDirectMaxMacs = 2048;
+constexpr int64_t kDirectMaxOutputs = 4;
 
 template <typename T> void gemm_direct(const GemmArgs<T>& g) {
   using A = acc_t<T>;
   constexpr int NR = Tile<A>::NR;
-  for (int64_t m = 0; m < g.M; ++m)
+  constexpr int64_t KC = Tile<A>::KC;
+  const PanelMask pm{g.a_mask, g.a_mask_transposed, 0, 0};
+  for (int64_t m = 0; m < g.M; ++m) {
+    A row_sum = 0;
     for (int64_t n0 = 0; n0 < g.N; n0 += NR) {
       const int64_t nr = min64(NR, g.N - n0);
       A sums[NR];
-      for (int64_t j = 0; j < nr; ++j) {
-        A sum = -A(0);  // the identity of IEEE addition, as in the microkernel
-        for (int64_t k = 0; k < g.K; ++k) {
-          const A a = to_acc(g.a[m * g.a_rs + k * g.a_cs]);
-          const A b = to_acc(g.b[k * g.b_rs + (n0 + j) * g.b_cs]);
+      int64_t k0 = 0;
+      do {  // at least once, so that K == 0 still yields zeros
+        const int64_t kb = min64(KC, g.K - k0);
+        A block[NR];
+        for (int64_t j = 0; j < nr; ++j) block[j] = -A(0);  // the identity of IEEE addition
+        A block_sum = 0;
+        for (int64_t k = k0; k < k0 + kb; ++k) {
+          A a = to_acc(g.a[m * g.a_rs + k * g.a_cs]);
+          if (g.a_mask.bits && !pm.bit(m, k)) a = A(0);
+          block_sum += a;
+          for (int64_t j = 0; j < nr; ++j) {
+            const A b = to_acc(g.b[k * g.b_rs + (n0 + j) * g.b_cs]);
 #if defined(FUSED_LINREG_ISA_AVX512) || defined(FUSED_LINREG_ISA_AVX2)
-          sum = std::fma(a, b, sum);  // the microkernel's contracted multiply-add
+            block[j] = std::fma(a, b, block[j]);  // the microkernel's contracted multiply-add
 #else
-          sum += a * b;  // no FMA instructions in the baseline ISA: the microkernel rounds twice
+            block[j] += a * b;  // no FMA instructions in the baseline ISA: the microkernel rounds twice
 #endif
+          }
         }
-        sums[j] = sum;
-      }
+        for (int64_t j = 0; j < nr; ++j) sums[j] = k0 == 0 ? block[j] : sums[j] + block[j];
+        if (n0 == 0) row_sum += block_sum;
+        k0 += kb;
+      } while (k0 < g.K);
       finish_row_scalar(g, sums, m, n0, nr);
     }
+    if (g.a_row_sums) g.a_row_sums[m] = row_sum;
+  }
 }
 
 template <typename T> void gemm(const GemmArgs<T>& g) {
@@ -211,16 +230,20 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
       for (int64_t m = 0; m < g.M; ++m) g.a_row_sums[m] = 0;
       A* panel = thread_buffer<A, 1>(round_up(g.M, MR) * KC);
       for (int64_t k0 = 0; k0 < g.K; k0 += KC)
-        pack_a(g, 0, g.M, k0, min64(KC, g.K - k0), panel, g.a_row_sums);
+        pack_a<MR>(g, 0, g.M, k0, min64(KC, g.K - k0), panel, g.a_row_sums);
     }
     return;
   }
 
-  if (g.K <= KC && g.M * g.N <= kDirectMaxMacs && g.M * g.N * g.K <= kDirectMaxMacs &&
-      !g.a_mask.bits && !g.a_row_sums) {
+  // Paths for outputs of few columns, tiny products, outputs of few rows, then the tiled path.
+  // Only the dot products round differently, and they are chosen by N, K and layout alone (see
+  // kernel_narrow.h), so a row's result never depends on the batch size.
+  if (gemm_narrow_dot(g)) return;
+  if ((g.K <= KC && g.M * g.N * g.K <= kDirectMaxMacs) || g.M * g.N <= kDirectMaxOutputs) {
     gemm_direct(g);
     return;
   }
+  if (gemm_short(g) || gemm_narrow_rows(g)) return;
 
   GemmPlan<T> p;
   p.g = &g;

@@ -1,20 +1,23 @@
 // Part of the per-ISA CPU kernels (see kernels_impl.h): the register-blocked microkernel.
 // Included by kernels_impl.h inside the ISA's namespace, after the parts before it.
 
-// Microkernel: acc[0:MR, 0:NR] = sum_k A(0:MR, k)^T b[k, 0:NR] in registers, plus the partial sums
-// in c when `accumulate`. Then either stored back to c, or (when `out` is set: the last K block)
-// finished straight from registers into rows m0 .. m0+mr of the output.
+// Microkernel: acc[0:MR, 0:NR] = sum_k A(0:MR, k)^T b[k * ldb + 0:NR] in registers, plus the
+// partial sums in c when `accumulate`. Then either stored back to c, or (when `out` is set: the last
+// K block) finished straight from registers into rows m0 .. m0+mr of the output.
 // A(i, k) is an MR-lane micro-panel, a[k * MR + i], when PackedA; otherwise MR rows,
 // a[i * lda + k] (of the operand in place, or packed as rows; all MR must be readable).
+// B is a packed micro-panel (ldb = NR) or rows of the operand in place. Rows < MR computes only
+// the first Rows rows (outputs of fewer rows than a micro-tile).
 
-template <typename T, bool PackedA>
+template <typename T, bool PackedA, int Rows = Tile<acc_t<T>>::MR>
 inline void microkernel(int64_t kc, const acc_t<T>* __restrict a, int64_t lda,
-                        const acc_t<T>* __restrict b,
+                        const acc_t<T>* __restrict b, int64_t ldb,
                         acc_t<T>* __restrict c, int64_t ldc, bool accumulate,
                         const GemmArgs<T>* out, int64_t m0, int64_t n0, int64_t mr, int64_t nr) {
   using A = acc_t<T>;
   using V = typename Vec<A>::type;
-  constexpr int MR = Tile<A>::MR, NV = Tile<A>::NV, W = Tile<A>::W, NR = Tile<A>::NR;
+  constexpr int MR = Rows, NV = Tile<A>::NV, W = Tile<A>::W, NR = Tile<A>::NR;
+  constexpr int PANEL = Tile<A>::MR;  // lanes of a packed A micro-panel
   // -0.0, not +0.0, is the identity of IEEE addition: a sum of -0.0 terms (or none, plus a -0.0
   // bias) stays -0.0 as in F.linear.
   V acc[MR][NV];
@@ -22,9 +25,9 @@ inline void microkernel(int64_t kc, const acc_t<T>* __restrict a, int64_t lda,
     for (int v = 0; v < NV; ++v) acc[i][v] = -V{};
   for (int64_t k = 0; k < kc; ++k) {
     V bv[NV];
-    for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + k * NR + v * W, sizeof(V));
+    for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + k * ldb + v * W, sizeof(V));
     for (int i = 0; i < MR; ++i) {
-      const A ai = PackedA ? a[k * MR + i] : a[i * lda + k];
+      const A ai = PackedA ? a[k * PANEL + i] : a[i * lda + k];
       for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];
     }
   }
@@ -36,7 +39,7 @@ inline void microkernel(int64_t kc, const acc_t<T>* __restrict a, int64_t lda,
         acc[i][v] += old;
       }
   if (out) {
-    if constexpr (std::is_same_v<T, A>) {
+    if constexpr (std::is_same_v<T, A> && MR == PANEL) {
       if (mr == MR && nr == NR && out->sgd.param == nullptr) {
         if (out->relu)
           finish_tile<true>(*out, acc, m0, n0);

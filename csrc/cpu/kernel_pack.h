@@ -14,12 +14,17 @@ inline bool mask_bit(const BitMask& mask, int64_t row, int64_t col) {
   return (mask.bits[row * mask.row_bytes + (col >> 3)] >> (col & 7)) & 1;
 }
 
-// The mask bits of `n` (<= 64) consecutive positions starting at bit b0 of a row.
-inline uint64_t load_bits(const uint8_t* row, int64_t b0, int n) {
+// The mask bits of `n` (<= 57) consecutive positions starting at bit b0 of a row of row_bytes.
+inline uint64_t load_bits(const uint8_t* row, int64_t row_bytes, int64_t b0, int n) {
+  const int64_t first = b0 >> 3;
   uint64_t bits = 0;
-  const int64_t first = b0 >> 3, last = (b0 + n - 1) >> 3;
-  for (int64_t byte = first; byte <= last; ++byte) bits |= uint64_t(row[byte]) << (8 * (byte - first));
-  return (bits >> (b0 & 7)) & (n == 64 ? ~uint64_t(0) : (uint64_t(1) << n) - 1);
+  if (first + 8 <= row_bytes) {  // one load when the row has the bytes (little-endian)
+    std::memcpy(&bits, row + first, sizeof(bits));
+  } else {
+    const int64_t last = (b0 + n - 1) >> 3;
+    for (int64_t byte = first; byte <= last; ++byte) bits |= uint64_t(row[byte]) << (8 * (byte - first));
+  }
+  return (bits >> (b0 & 7)) & ((uint64_t(1) << n) - 1);
 }
 
 // Where the mask bit of (lane, k) lives: row-major masks put k along the row (A = grad_output,
@@ -34,14 +39,16 @@ struct PanelMask {
   }
   // Bits of lane `lane` at steps k .. k+n.
   uint64_t lane_bits(int64_t lane, int64_t k, int n) const {
-    if (!lanes_along_row) return load_bits(mask.bits + (lane0 + lane) * mask.row_bytes, k0 + k, n);
+    if (!lanes_along_row)
+      return load_bits(mask.bits + (lane0 + lane) * mask.row_bytes, mask.row_bytes, k0 + k, n);
     uint64_t b = 0;
     for (int i = 0; i < n; ++i) b |= uint64_t(bit(lane, k + i)) << i;
     return b;
   }
   // Bits of lanes lane .. lane+n at step k.
   uint64_t step_bits(int64_t lane, int64_t k, int n) const {
-    if (lanes_along_row) return load_bits(mask.bits + (k0 + k) * mask.row_bytes, lane0 + lane, n);
+    if (lanes_along_row)
+      return load_bits(mask.bits + (k0 + k) * mask.row_bytes, mask.row_bytes, lane0 + lane, n);
     uint64_t b = 0;
     for (int i = 0; i < n; ++i) b |= uint64_t(bit(lane + i, k)) << i;
     return b;
@@ -79,7 +86,11 @@ void pack_panels(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb
         }
         Ops::transpose(block);
         for (int kk = 0; kk < W; ++kk) {
-          std::memcpy(gdst + (k + kk) * P, &block[kk], width * sizeof(A));
+          // A fixed-size copy for whole groups: a run-time length compiles to a string copy.
+          if (width == W)
+            std::memcpy(gdst + (k + kk) * P, &block[kk], sizeof(V));
+          else
+            Ops::store(gdst + (k + kk) * P, block[kk], width);
           sums += block[kk];
         }
       }
@@ -118,9 +129,9 @@ void pack_panels(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb
     }
 }
 
-// Packs A(i0 : i0+mb, k0 : k0+kb), with the mask prologue, into MR-row micro-panels:
-// dst[(i / MR) * MR * kb + k * MR + i % MR]. row_sums[i] (when set) += sum over this K block.
-template <typename T>
+// Packs A(i0 : i0+mb, k0 : k0+kb), with the mask prologue, into P-row panels (P = MR: micro-panels):
+// dst[(i / P) * P * kb + k * P + i % P]. row_sums[i] (when set) += sum over this K block.
+template <int P, typename T>
 void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t mb, int64_t k0, int64_t kb, acc_t<T>* dst,
             acc_t<T>* row_sums) {
   using A = acc_t<T>;
@@ -129,7 +140,7 @@ void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t mb, int64_t k0, int64_t kb
   // (float32 stops growing at 2^24), a sum per block of KC rows does not.
   A* block_sums = row_sums ? thread_buffer<A, 6>(mb) : nullptr;
   for (int64_t i = 0; block_sums && i < mb; ++i) block_sums[i] = 0;
-  pack_panels<Tile<A>::MR>(g.a + i0 * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs, mb, kb, dst,
+  pack_panels<P>(g.a + i0 * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs, mb, kb, dst,
                            g.a_mask.bits ? &pm : nullptr, block_sums);
   for (int64_t i = 0; block_sums && i < mb; ++i) row_sums[i] += block_sums[i];
 }

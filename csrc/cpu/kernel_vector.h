@@ -120,6 +120,14 @@ template <typename A> struct VecOps {
       _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), __m512(v));
     else
       _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), __m512d(v));
+#elif defined(FUSED_LINREG_ISA_AVX2)
+    IV lane;
+    for (int l = 0; l < W; ++l) lane[l] = l;
+    const IV active = lane < I(n);
+    if constexpr (sizeof(A) == 4)
+      _mm256_maskstore_ps(p, __m256i(active), __m256(v));
+    else
+      _mm256_maskstore_pd(p, __m256i(active), __m256d(v));
 #else
     std::memcpy(p, &v, n * sizeof(A));
 #endif
@@ -136,6 +144,32 @@ template <typename A> struct VecOps {
     for (int l = 0; l < W; ++l) lane_bit[l] = I(1) << l;
     const IV keep = (IV{} + I(bits)) & lane_bit;
     return keep != 0 ? v : V{};
+  }
+  // Lane r of the result is the sum of the lanes of v[r] (r < W), in the same tree for every r:
+  // lane l + W/2 added to lane l, then l + W/4, ... Each stage halves the lanes per row and packs
+  // two vectors' rows into one (v[j] and v[j + D]), which leaves the rows in order at the end.
+  template <int D = W / 2> static V sum_lanes(V* v) {
+    static constexpr std::array<I, W> lo = halving_indices<D, false>(), hi = halving_indices<D, true>();
+    IV vlo, vhi;
+    std::memcpy(&vlo, lo.data(), sizeof(IV));
+    std::memcpy(&vhi, hi.data(), sizeof(IV));
+    // 2D vectors of W / 2D rows each in, D vectors out.
+#pragma GCC unroll 16
+    for (int j = 0; j < D; ++j)
+      v[j] = __builtin_shuffle(v[j], v[j + D], vlo) + __builtin_shuffle(v[j], v[j + D], vhi);
+    if constexpr (D > 1) return sum_lanes<D / 2>(v);
+    else return v[0];
+  }
+  // Stage D: a row's 2D lanes (segment q of a, or of b) become D lanes: lane e of the result takes
+  // lane `within` of the segment's low half (or high half: + D), from a then from b.
+  template <int D, bool High> static constexpr std::array<I, W> halving_indices() {
+    std::array<I, W> idx{};
+    for (int e = 0; e < W; ++e) {
+      const int q = e / (2 * D), within = e % (2 * D);
+      const int from_b = within >= D ? 1 : 0;
+      idx[e] = I(from_b * W + q * 2 * D + (within - from_b * D) + (High ? D : 0));
+    }
+    return idx;
   }
   // In-register transpose of W vectors: v[i][e] becomes v[e][i]. Stage D swaps the off-diagonal
   // D x D blocks of every 2D x 2D block; everything is unrolled so the shuffles use constant

@@ -30,6 +30,8 @@ namespace fused_linreg::cpu::FUSED_LINREG_ISA {
 #include "cpu/kernel_pack.h"
 #include "cpu/kernel_epilogue.h"
 #include "cpu/kernel_microkernel.h"
+#include "cpu/kernel_narrow.h"
+#include "cpu/kernel_short.h"
 #include "cpu/kernel_gemm.h"
 #include "cpu/kernel_sgd.h"
 // clang-format on

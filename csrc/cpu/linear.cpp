@@ -21,10 +21,11 @@ void run_gemm(const GemmArgs<T>& g, const char* op, const at::Tensor& input, con
   }
 }
 
-// A ReLU mask as rows of bytes, each row contiguous (any row pitch: bitmask() takes stride(0)).
+// A ReLU mask as contiguous rows of bytes: the kernels read a row's bytes up to its end at once,
+// so the row pitch must be the row length (bytes past a row's end may not exist).
 at::Tensor mask_rows(const at::Tensor& relu_mask) {
   at::Tensor rows = as_rows(relu_mask);
-  return rows.stride(1) == 1 ? rows : rows.contiguous();
+  return rows.is_contiguous() ? rows : rows.contiguous();
 }
 
 BitMask bitmask(const at::Tensor& mask, int64_t row_bytes) {
@@ -149,7 +150,7 @@ LinearGrads linear_backward(const at::Tensor& grad_output, const at::Tensor& inp
   dispatch_dtype(input.scalar_type(), "fused_linreg.linear_backward", [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
-    const BitMask bits = mask.defined() ? bitmask(mask, mask.stride(0)) : BitMask{};
+    const BitMask bits = mask.defined() ? bitmask(mask, mask.size(1)) : BitMask{};
 
     if (output_mask[0]) {  // grad_input [M, K] = G' @ W, G' = mask(grad_output)
       at::Tensor gi = at::empty({M, K}, input.options());
@@ -208,7 +209,7 @@ void linear_backward_sgd_(const at::Tensor& grad_output, const at::Tensor& input
     using T = decltype(tag);
     using A = acc_t<T>;
     // The weight gradient never exists as a tensor: each finished tile of it updates the weight.
-    GemmArgs<T> g = grad_weight_gemm<T>(go, x, mask.defined() ? bitmask(mask, mask.stride(0)) : BitMask{}, N);
+    GemmArgs<T> g = grad_weight_gemm<T>(go, x, mask.defined() ? bitmask(mask, mask.size(1)) : BitMask{}, N);
     at::Tensor bias_grad_acc;
     if (bias.has_value()) {
       bias_grad_acc = at::empty({N}, input.options().dtype(scalar_type_of<A>()));

@@ -1,0 +1,93 @@
+// Part of the per-ISA CPU kernels (see kernels_impl.h):
+// GEMMs with a short output (fewer rows than a micro-tile).
+// Included by kernels_impl.h inside the ISA's namespace, after the parts before it.
+
+// Short outputs
+//
+// An output of a few rows (one sample through a layer, the weight gradient of a layer with few
+// outputs over a whole batch) would spend most of the MR-row microkernel's multiply-adds on
+// padding rows, and the tiled path would pack and store all of B for them. Here A' (its few rows,
+// with the mask prologue and the row sums) is packed once, and the microkernel runs with only
+// the rows there are, over B read in place (when its rows are contiguous) or packed one
+// micro-panel at a time. Same products, summed in the same order: it rounds as the tiled path does.
+
+// Row counts with a microkernel of their own; outputs of more rows take the tiled path.
+constexpr int kShortRows[] = {1, 2, 4, 8};
+// Packed A' over all of K stays in L2; longer products take the tiled path (and split K).
+constexpr int64_t kShortMaxK = 16384;
+
+template <typename T> struct ShortPlan {
+  const GemmArgs<T>* g;
+  const acc_t<T>* packed_a;  // A' as one MR-lane panel over all of K: packed_a[k * MR + i]
+  int64_t panels_per_task;   // of NR columns
+};
+
+template <typename T, int Rows> void short_task(void* ctx, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  constexpr int MR = Tile<A>::MR, NR = Tile<A>::NR;
+  constexpr int64_t KC = Tile<A>::KC;
+  const ShortPlan<T>& p = *static_cast<const ShortPlan<T>*>(ctx);
+  const GemmArgs<T>& g = *p.g;
+  const int64_t panels = ceil_div(g.N, NR);
+  alignas(64) A partial[Rows * NR];  // the sums of the K blocks so far
+  for (int64_t jp = begin * p.panels_per_task; jp < min64(end * p.panels_per_task, panels); ++jp) {
+    const int64_t n0 = jp * NR, nr = min64(NR, g.N - n0);
+    const A* b = nullptr;  // NR columns of B, row k at b[k * ldb]
+    int64_t ldb = NR;
+    if constexpr (std::is_same_v<T, A>) {
+      if (g.b_cs == 1 && nr == NR) {  // whole rows of B, read in place
+        b = g.b + n0;
+        ldb = g.b_rs;
+      }
+    }
+    if (b == nullptr) {
+      A* own = thread_buffer<A, 7>(max64(g.K, 1) * NR);
+      pack_b(g, 0, g.K, n0, nr, own);
+      b = own;
+    }
+    int64_t k0 = 0;
+    do {  // at least once, so that K == 0 still yields zeros
+      const int64_t kb = min64(KC, g.K - k0);
+      const bool last = k0 + kb >= g.K;
+      microkernel<T, true, Rows>(kb, p.packed_a + k0 * MR, 0, b + k0 * ldb, ldb, partial, NR,
+                                 k0 > 0, last ? &g : nullptr, 0, n0, g.M, nr);
+      k0 += kb;
+    } while (k0 < g.K);
+  }
+}
+
+template <typename T, int Rows> void gemm_short_rows(const GemmArgs<T>& g, const acc_t<T>* packed_a) {
+  constexpr int NR = Tile<acc_t<T>>::NR;
+  ShortPlan<T> plan{&g, packed_a, 1};
+  const int64_t panels = ceil_div(g.N, NR);
+  const int threads = num_threads();
+  const bool threaded = threads > 1 && 2.0 * double(Rows) * double(g.N) * double(g.K) >= 2e6;
+  plan.panels_per_task = threaded ? max64(1, panels / (4 * threads)) : panels;
+  run_parallel(ceil_div(panels, plan.panels_per_task), threaded, &short_task<T, Rows>, &plan);
+}
+
+// Takes the GEMM when the output is short enough (returns false otherwise).
+template <typename T> bool gemm_short(const GemmArgs<T>& g) {
+  using A = acc_t<T>;
+  constexpr int MR = Tile<A>::MR;
+  constexpr int64_t KC = Tile<A>::KC;
+  int rows = 0;
+  for (int r : kShortRows)
+    if (r < MR && g.M <= r && rows == 0) rows = r;
+  if (rows == 0 || g.K > kShortMaxK) return false;
+  // The row sums of the whole of A' come out of packing it, K block by K block as in the tiled path.
+  A* packed_a = thread_buffer<A, 1>(max64(g.K, 1) * MR);
+  if (g.a_row_sums)
+    for (int64_t m = 0; m < g.M; ++m) g.a_row_sums[m] = 0;
+  for (int64_t k0 = 0; k0 < g.K; k0 += KC)
+    pack_a<MR>(g, 0, g.M, k0, min64(KC, g.K - k0), packed_a + k0 * MR, g.a_row_sums);
+  if (rows == 1)
+    gemm_short_rows<T, 1>(g, packed_a);
+  else if (rows == 2)
+    gemm_short_rows<T, 2>(g, packed_a);
+  else if (rows == 4)
+    gemm_short_rows<T, 4>(g, packed_a);
+  else if constexpr (MR > 8)
+    gemm_short_rows<T, 8>(g, packed_a);
+  return true;
+}
