@@ -91,8 +91,9 @@ void pack_panels(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb
             std::memcpy(gdst + (k + kk) * P, &block[kk], sizeof(V));
           else
             Ops::store(gdst + (k + kk) * P, block[kk], width);
-          sums += block[kk];
         }
+        if (lane_sums)  // a chain of W dependent adds: only when the sums are wanted
+          for (int kk = 0; kk < W; ++kk) sums += block[kk];
       }
       if (lane_sums)
         for (int l = 0; l < n; ++l) lane_sums[lane + l] += sums[l];

@@ -79,15 +79,19 @@ class MemoryConfig:
 
 
 _DEFAULT = {
+    # Issue #3's cases, then the narrow and short outputs that have paths of their own: the seed's
+    # model over its 10000 points, a regression head, a batch of one.
     "layer": [LayerCase(4096, 1024, 1024), LayerCase(512, 256, 256), LayerCase(65536, 64, 64),
-              LayerCase(64, 4096, 4096), LayerCase(100, 1, 1)],
+              LayerCase(64, 4096, 4096), LayerCase(100, 1, 1), LayerCase(10000, 1, 1),
+              LayerCase(10000, 64, 1), LayerCase(1, 1024, 1024)],
     "mlp": [MlpCase(2048, 1024, 3), MlpCase(4096, 256, 4), MlpCase(256, 64, 2)],
     "gemm": [GemmCase(2048)],
 }
 # --quick: the same code paths on tiny shapes (one per default case, alike in aspect).
 _QUICK = {
     "layer": [LayerCase(64, 32, 32), LayerCase(16, 16, 16), LayerCase(512, 8, 8),
-              LayerCase(4, 128, 128), LayerCase(3, 1, 1)],
+              LayerCase(4, 128, 128), LayerCase(3, 1, 1), LayerCase(300, 1, 1), LayerCase(300, 16, 1),
+              LayerCase(1, 64, 64)],
     "mlp": [MlpCase(32, 32, 3), MlpCase(64, 16, 2)],
     "gemm": [GemmCase(256)],
 }
