@@ -132,7 +132,32 @@ template <typename A> struct VecOps {
     std::memcpy(p, &v, n * sizeof(A));
 #endif
   }
+  // Loads p[l * stride] for lanes l < n (the rest zero): a hardware gather where there is one.
   template <typename T> static V load_strided(const T* p, int64_t stride, int n) {
+#if defined(FUSED_LINREG_ISA_AVX512) || defined(FUSED_LINREG_ISA_AVX2)
+    if constexpr (std::is_same_v<T, A>) {
+      if (stride <= INT32_MAX / W) {
+        IV offset;  // in elements; lanes past n are not read
+        for (int l = 0; l < W; ++l) offset[l] = I(l) * I(stride);
+#if defined(FUSED_LINREG_ISA_AVX512)
+        if constexpr (sizeof(A) == 4)
+          return V(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), __mmask16((1u << n) - 1),
+                                            __m512i(offset), p, 4));
+        else
+          return V(_mm512_mask_i64gather_pd(_mm512_setzero_pd(), __mmask8((1u << n) - 1),
+                                            __m512i(offset), p, 8));
+#else
+        IV lane;
+        for (int l = 0; l < W; ++l) lane[l] = l;
+        const IV active = lane < I(n);
+        if constexpr (sizeof(A) == 4)
+          return V(_mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, __m256i(offset), __m256(active), 4));
+        else
+          return V(_mm256_mask_i64gather_pd(_mm256_setzero_pd(), p, __m256i(offset), __m256d(active), 8));
+#endif
+      }
+    }
+#endif
     V v = V{};
     for (int l = 0; l < n; ++l) v[l] = to_acc(p[l * stride]);
     return v;

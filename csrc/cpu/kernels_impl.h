@@ -12,9 +12,11 @@
 // rows: a copy, no transpose; or read in place when narrow outputs would not repay the copy) and
 // runs the MR x NR register-blocked microkernel over them (each A micro-panel in L1 against the
 // task's B micro-panels streaming from L2), accumulating partial sums in a task-local scratch
-// tile. Tiny products skip all of this for a direct loop. When the
-// last K block of a micro-tile is done, the epilogue turns it into the output while it is still
-// in L1: that is where bias, ReLU, the bitmask and the in-backward SGD update happen.
+// tile. When the last K block of a micro-tile is done, the epilogue turns it into the output
+// while it is still in L1: that is where bias, ReLU, the bitmask and the in-backward SGD update
+// happen. Products the tiles would mostly pad take paths of their own (kernel_gemm.h's gemm()
+// picks): tiny ones a direct loop, outputs of a few columns dot products or rows in the vector
+// lanes (kernel_narrow.h), outputs of a few rows the microkernel with fewer rows (kernel_short.h).
 
 #ifndef FUSED_LINREG_ISA
 #error "include kernels_impl.h from a per-ISA translation unit"
