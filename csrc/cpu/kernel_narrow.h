@@ -7,15 +7,17 @@
 // The micro-tile is NR columns wide, so an output of one column (a regression head, the seed's
 // 1 x 1 model) would spend 31 of every 32 multiply-adds on padding. Two layouts of the work fit
 // narrow outputs instead:
-// - dot products (up to kDotMaxCols columns, A K-contiguous: the forward's input, the masked
-//   grad_output of grad_input): each output is a W-lane dot product along K, read in place, its
-//   lanes then summed in a fixed tree;
+// - dot products (up to kDotMaxCols columns; A read along K in place, or gathered at a short
+//   stride: the forward's input, grad_input's masked grad_output, the grad_output^T of a layer
+//   with few outputs): each output is a W-lane dot product along K, its lanes then summed in a
+//   fixed tree;
 // - rows in the lanes (up to kMaxCols columns, any layout): P rows of A are packed as P-lane panels
 //   (with the mask prologue and the row sums, as for the tiled path) and each step k broadcasts
 //   B(k, 0 .. N) against them. Each output is then its K products summed in order from -0.0, K
 //   blocks of KC added in order: it rounds exactly as the microkernel and the direct loop do.
-// Which of the three roundings a product gets depends on N, K and the layouts, never on M, so a
+// Whether a product is summed as dot products depends on N, K and the layouts, never on M, so a
 // row's result does not depend on the batch it comes in.
+
 template <typename A> struct NarrowTile {
   static constexpr int W = Vec<A>::width;
   // Accumulators in registers: half the register file (32 vector registers with AVX-512, else 16).
@@ -31,6 +33,9 @@ template <typename A> struct NarrowTile {
   static constexpr int kDotMaxCols = int(min64(4, W));
   static constexpr int64_t kDotMinK = 2;
   static constexpr int kDotRows = W;  // rows summed at once (independent chains): one transpose
+  // A read along K with a stride up to this (gathered: the weight gradient of a layer with a few
+  // outputs reads grad_output^T, K = the batch, with the stride of its out_features).
+  static constexpr int64_t kDotMaxStride = 16;
 };
 
 // B(k, 0 .. N) for every k, zero-padded to NB columns: dst[k * NB + n].
@@ -171,7 +176,7 @@ template <typename A> struct DotPlan {
 
 // Rows m0 .. m0+R of column n: the lanes of acc[i] sum to dot(A'(m0 + i, :), B(:, n)), and
 // (when row_sums is set) the lanes of row_sums[i] to the sum of A'(m0 + i, :).
-template <int R, bool Masked, typename A>
+template <int R, bool Masked, bool Contiguous, typename A>
 __attribute__((always_inline)) inline void dot_rows(const DotPlan<A>& p, int64_t m0, int n,
                                                     typename Vec<A>::type* __restrict acc,
                                                     typename Vec<A>::type* __restrict row_sums) {
@@ -180,7 +185,7 @@ __attribute__((always_inline)) inline void dot_rows(const DotPlan<A>& p, int64_t
   constexpr int W = Ops::W;
   const GemmArgs<A>& g = *p.g;
   const PanelMask pm{g.a_mask, g.a_mask_transposed, m0, 0};
-  const int64_t K = g.K, lda = g.a_rs, k_whole = K / W * W;
+  const int64_t K = g.K, lda = g.a_rs, step = Contiguous ? 1 : g.a_cs, k_whole = K / W * W;
   const A* __restrict a = g.a + m0 * lda;
   const A* __restrict b = p.b_rows + n * p.k_padded;
   V sum[R], total[R];
@@ -191,7 +196,9 @@ __attribute__((always_inline)) inline void dot_rows(const DotPlan<A>& p, int64_t
     std::memcpy(&bv, b + k, sizeof(V));
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
-      V av = Ops::load(a + i * lda + k, lanes);  // +0 past K: times -0 adds nothing
+      // +0 past K: times -0 adds nothing
+      V av = Contiguous ? Ops::load(a + i * lda + k, lanes)
+                        : Ops::load_strided(a + i * lda + k * step, step, lanes);
       if constexpr (Masked) av = Ops::select(av, pm.lane_bits(i, k, lanes));
       sum[i] += av * bv;
       if (row_sums) total[i] += av;
@@ -202,9 +209,21 @@ __attribute__((always_inline)) inline void dot_rows(const DotPlan<A>& p, int64_t
     for (int i = 0; i < R; ++i) row_sums[i] = total[i];
 }
 
+// dot_rows over `rows` (<= W) rows from m0: acc[i] (and row_sums[i]) for row m0 + i.
+template <bool Masked, bool Contiguous, typename A>
+inline void dot_group(const DotPlan<A>& p, int64_t m0, int rows, int n, typename Vec<A>::type* acc,
+                      typename Vec<A>::type* row_sums) {
+  constexpr int R = NarrowTile<A>::kDotRows;
+  int i = 0;
+  for (; i + R <= rows; i += R)
+    dot_rows<R, Masked, Contiguous>(p, m0 + i, n, acc + i, row_sums ? row_sums + i : nullptr);
+  for (; i < rows; ++i)
+    dot_rows<1, Masked, Contiguous>(p, m0 + i, n, acc + i, row_sums ? row_sums + i : nullptr);
+}
+
 template <typename A> void dot_task(void* ctx, int64_t begin, int64_t end) {
   using V = typename Vec<A>::type;
-  constexpr int W = Vec<A>::width, R = NarrowTile<A>::kDotRows;
+  constexpr int W = Vec<A>::width;
   const DotPlan<A>& p = *static_cast<const DotPlan<A>*>(ctx);
   const GemmArgs<A>& g = *p.g;
   const int64_t groups = ceil_div(g.M, W);
@@ -217,15 +236,11 @@ template <typename A> void dot_task(void* ctx, int64_t begin, int64_t end) {
     V acc[W], sums[W];
     for (int i = rows; i < W; ++i) acc[i] = -V{}, sums[i] = V{};
     for (int n = 0; n < g.N; ++n) {
-      V* row_sums = g.a_row_sums && n == 0 ? sums : nullptr;
-      int i = 0;
-      if (g.a_mask.bits) {
-        for (; i + R <= rows; i += R) dot_rows<R, true>(p, m0 + i, n, acc + i, row_sums ? row_sums + i : nullptr);
-        for (; i < rows; ++i) dot_rows<1, true>(p, m0 + i, n, acc + i, row_sums ? row_sums + i : nullptr);
-      } else {
-        for (; i + R <= rows; i += R) dot_rows<R, false>(p, m0 + i, n, acc + i, row_sums ? row_sums + i : nullptr);
-        for (; i < rows; ++i) dot_rows<1, false>(p, m0 + i, n, acc + i, row_sums ? row_sums + i : nullptr);
-      }
+      V* rs = g.a_row_sums && n == 0 ? sums : nullptr;
+      if (g.a_mask.bits)
+        g.a_cs == 1 ? dot_group<true, true>(p, m0, rows, n, acc, rs) : dot_group<true, false>(p, m0, rows, n, acc, rs);
+      else
+        g.a_cs == 1 ? dot_group<false, true>(p, m0, rows, n, acc, rs) : dot_group<false, false>(p, m0, rows, n, acc, rs);
       cols[n] = VecOps<A>::sum_lanes(acc);
     }
     if (g.a_row_sums) {
@@ -255,7 +270,8 @@ template <typename A> void gemm_dot(const GemmArgs<A>& g) {
 template <typename T> bool gemm_narrow_dot(const GemmArgs<T>& g) {
   using A = acc_t<T>;
   if constexpr (std::is_same_v<T, A>) {
-    if (g.N <= NarrowTile<A>::kDotMaxCols && g.K >= NarrowTile<A>::kDotMinK && g.a_cs == 1) {
+    if (g.N <= NarrowTile<A>::kDotMaxCols && g.K >= NarrowTile<A>::kDotMinK &&
+        g.a_cs <= NarrowTile<A>::kDotMaxStride) {
       gemm_dot(g);
       return true;
     }
