@@ -51,7 +51,9 @@ variable_list linear_backward(AutogradContext* ctx, const at::Tensor& grad_outpu
   const bool has_bias = ctx->saved_data["has_bias"].toBool();
   const std::array<bool, 3> output_mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                         has_bias && ctx->needs_input_grad(2)};
-  if (!output_mask[0] && !output_mask[1] && !output_mask[2]) return {at::Tensor(), at::Tensor(), at::Tensor()};
+  // An undefined grad_output (no gradient reached the output) is zero: so are the gradients.
+  if (!grad_output.defined() || (!output_mask[0] && !output_mask[1] && !output_mask[2]))
+    return {at::Tensor(), at::Tensor(), at::Tensor()};
   const OptionalTensor relu_mask = saved[2].defined() ? OptionalTensor(saved[2]) : std::nullopt;
   auto [grad_input, grad_weight, grad_bias] =
       op.call(grad_output, saved[0], saved[1], relu_mask, output_mask);
@@ -75,6 +77,8 @@ struct LinearReLUFunction : torch::autograd::Function<LinearReLUFunction> {
                                const at::Tensor& weight, const OptionalTensor& bias) {
     auto [output, relu_mask] = linear_relu_forward_below_autograd(input, weight, bias);
     ctx->mark_non_differentiable({relu_mask});
+    // The mask gets no gradient: without this the engine would allocate and zero one for it.
+    ctx->set_materialize_grads(false);
     save_for_backward(ctx, input, weight, bias, relu_mask);
     return {output, relu_mask};
   }

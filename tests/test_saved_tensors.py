@@ -87,3 +87,18 @@ def test_saved_tensors_freed_after_backward():
     y.sum().backward()
     del y
     assert mask_ref() is None
+
+
+def test_backward_makes_no_gradient_for_the_mask():
+    # The mask is a non-differentiable output of the node: the engine must not allocate and zero
+    # a gradient of its shape before calling the backward (it did, once per layer and step).
+    x = torch.randn(64, 40, requires_grad=True)
+    w = torch.randn(24, 40, requires_grad=True)
+    b = torch.randn(24, requires_grad=True)
+    y = fused_linreg.functional.linear_relu(x, w, b)
+    grad = torch.randn_like(y)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        y.backward(grad)
+    ops = {e.key for e in prof.key_averages()}
+    assert "fused_linreg::linear_backward" in ops
+    assert not ops & {"aten::zeros", "aten::zero_", "aten::fill_"}, sorted(ops)
