@@ -34,7 +34,7 @@ SHAPES = [
     # narrow outputs (kernel_narrow.h): dot products (N <= 4, K >= 2) and rows in lanes (N <= 16),
     # partial row groups and panels, several K blocks; and their transposes in the backward
     (1000, 1, 1), (333, 3, 300), (129, 5, 2), (40, 4, 17), (70, 16, 513), (65, 17, 9), (33, 8, 3),
-    (2, 1, 5000), (1, 3, 700), (300, 2, 1), (4100, 9, 2),
+    (2, 1, 5000), (1, 3, 700), (300, 2, 1), (4100, 9, 2), (3000, 1, 1),
     (97, 300, 700),  # threaded, every edge at once
 ]
 

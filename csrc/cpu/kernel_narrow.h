@@ -46,8 +46,9 @@ template <int NB, typename T> void pack_narrow_b(const GemmArgs<T>& g, acc_t<T>*
 }
 
 // finish_row's epilogue for `rows` (<= W) output rows from m0 on, held as columns: cols[n] is
-// column n (< N <= W) of those rows. Bias, ReLU and bitmask are computed a column at a time for
-// all the rows at once; the rows are written out after a register transpose (one column: as is).
+// column n (< N <= W) of those rows; cols[N .. W) are scratch (any values). Bias, ReLU and bitmask
+// are computed a column at a time for all the rows at once; the rows are written out after a
+// register transpose in place (one column: as is).
 template <typename A>
 void finish_columns(const GemmArgs<A>& g, typename Vec<A>::type* cols, int64_t m0, int rows) {
   using Ops = VecOps<A>;
@@ -79,8 +80,9 @@ void finish_columns(const GemmArgs<A>& g, typename Vec<A>::type* cols, int64_t m
   }
 }
 
-// The epilogue of `rows` (<= W) output rows from m0 on held as columns (cols[n], n < N <= W):
-// finish_columns where it applies, else back to rows for the epilogue every path shares.
+// The epilogue of `rows` (<= W) output rows from m0 on held as columns (cols[n], n < N <= W; the
+// rest scratch): finish_columns where it applies, else back to rows for the epilogue every path
+// shares (which reads only the first N lanes of each row).
 template <typename T>
 void finish_column_block(const GemmArgs<T>& g, typename Vec<acc_t<T>>::type* cols, int64_t m0,
                          int rows) {
@@ -115,19 +117,35 @@ template <typename T, int NB> void narrow_task(void* ctx, int64_t begin, int64_t
   const GemmArgs<T>& g = *plan.g;
   A* panel = thread_buffer<A, 1>(P * KC);
   V partial[NB][RV];  // the sums of the K blocks before the current one
+  // Finished columns. The transposes back to rows carry columns past N into lanes that are never
+  // stored, so only the first NB are rewritten for each row group.
+  V cols[W] = {};
   for (int64_t p = begin * plan.panels_per_task; p < min64(end * plan.panels_per_task, ceil_div(g.M, P)); ++p) {
     const int64_t i0 = p * P, mb = min64(P, g.M - i0);
+    // Whole panels of an A whose rows are adjacent (a column of inputs, a transposed input) are
+    // already in lanes: read in place, unless the prologue has work to do.
+    bool in_place = false;
+    if constexpr (std::is_same_v<T, A>)
+      in_place = g.a_rs == 1 && mb == P && !g.a_mask.bits && !g.a_row_sums;
     V acc[NB][RV];
     int64_t k0 = 0;
     do {  // at least once, so that K == 0 still yields zeros
       const int64_t kb = min64(KC, g.K - k0);
-      pack_a<P>(g, i0, mb, k0, kb, panel, g.a_row_sums ? g.a_row_sums + i0 : nullptr);
+      const A* lanes = panel;  // lanes of step k at lanes[k * step]
+      int64_t step = P;
+      if constexpr (std::is_same_v<T, A>) {
+        if (in_place) {
+          lanes = g.a + i0 + k0 * g.a_cs;
+          step = g.a_cs;
+        }
+      }
+      if (!in_place) pack_a<P>(g, i0, mb, k0, kb, panel, g.a_row_sums ? g.a_row_sums + i0 : nullptr);
       for (int n = 0; n < NB; ++n)
         for (int r = 0; r < RV; ++r) acc[n][r] = -V{};
       const A* b = plan.packed_b + k0 * NB;
       for (int64_t k = 0; k < kb; ++k) {
         V a[RV];
-        std::memcpy(a, panel + k * P, sizeof(a));
+        std::memcpy(a, lanes + k * step, sizeof(a));
         for (int n = 0; n < NB; ++n) {
           const A bn = b[k * NB + n];
           for (int r = 0; r < RV; ++r) acc[n][r] += a[r] * bn;  // contracted as in the microkernel
@@ -141,8 +159,7 @@ template <typename T, int NB> void narrow_task(void* ctx, int64_t begin, int64_t
     } while (k0 < g.K);
 
     for (int r = 0; r < RV && r * W < mb; ++r) {
-      V cols[W];
-      for (int n = 0; n < W; ++n) cols[n] = n < NB ? acc[n][r] : V{};
+      for (int n = 0; n < NB; ++n) cols[n] = acc[n][r];
       finish_column_block(g, cols, i0 + r * W, int(min64(W, mb - r * W)));
     }
   }
@@ -227,11 +244,10 @@ template <typename A> void dot_task(void* ctx, int64_t begin, int64_t end) {
   const DotPlan<A>& p = *static_cast<const DotPlan<A>*>(ctx);
   const GemmArgs<A>& g = *p.g;
   const int64_t groups = ceil_div(g.M, W);
+  V cols[W] = {};  // finished columns (only the first N rewritten per group, as in narrow_task)
   for (int64_t grp = begin * p.groups_per_task; grp < min64(end * p.groups_per_task, groups); ++grp) {
     const int64_t m0 = grp * W;
     const int rows = int(min64(W, g.M - m0));
-    V cols[W];
-    for (int n = 0; n < W; ++n) cols[n] = V{};
     // Rows past M stay -0.0 (their sums are never stored). Row sums ride along column 0.
     V acc[W], sums[W];
     for (int i = rows; i < W; ++i) acc[i] = -V{}, sums[i] = V{};
