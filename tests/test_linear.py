@@ -348,3 +348,16 @@ def test_double_backward_raises_or_is_correct(op):
     if not isinstance(got, str):
         assert got is not None, "second derivative silently missing (None) instead of an error"
         assert_same(got, expected, "second derivative")
+
+
+def test_weight_gradient_over_a_large_batch_keeps_float32_precision():
+    # The 1 x 1 weight and bias gradients over a batch of a million rows are dot products along
+    # the batch: summed per K block (2e-5 off here), not in one running sum per lane (6e-4 off).
+    x = torch.full((1_000_000, 1), 1.1)
+    w = torch.ones(1, 1, requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    grad = torch.full((1_000_000, 1), 1.1)
+    fused_linreg.functional.linear(x, w, b).backward(grad)
+    exact = (x.double() * grad.double()).sum()
+    torch.testing.assert_close(w.grad.double().squeeze(), exact, rtol=2e-4, atol=0)
+    torch.testing.assert_close(b.grad.double().squeeze(), grad.double().sum(), rtol=2e-4, atol=0)

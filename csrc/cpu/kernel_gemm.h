@@ -239,7 +239,8 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
   // Only the dot products round differently, and they are chosen by N, K and layout alone (see
   // kernel_narrow.h), so a row's result never depends on the batch size.
   if (gemm_narrow_dot(g)) return;
-  if ((g.K <= KC && g.M * g.N * g.K <= kDirectMaxMacs) || g.M * g.N <= kDirectMaxOutputs) {
+  if ((g.K <= KC && g.M * g.N <= kDirectMaxMacs && g.M * g.N * g.K <= kDirectMaxMacs) ||
+      g.M * g.N <= kDirectMaxOutputs) {
     gemm_direct(g);
     return;
   }

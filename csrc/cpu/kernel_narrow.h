@@ -9,8 +9,8 @@
 // narrow outputs instead:
 // - dot products (up to kDotMaxCols columns; A read along K in place, or gathered at a short
 //   stride: the forward's input, grad_input's masked grad_output, the grad_output^T of a layer
-//   with few outputs): each output is a W-lane dot product along K, its lanes then summed in a
-//   fixed tree;
+//   with few outputs): each output is a W-lane dot product along K (K blocks of KC added in
+//   order), its lanes then summed in a fixed tree;
 // - rows in the lanes (up to kMaxCols columns, any layout): P rows of A are packed as P-lane panels
 //   (with the mask prologue and the row sums, as for the tiled path) and each step k broadcasts
 //   B(k, 0 .. N) against them. Each output is then its K products summed in order from -0.0, K
@@ -63,7 +63,7 @@ void finish_columns(const GemmArgs<A>& g, typename Vec<A>::type* cols, int64_t m
     // The gradient passes where !(out <= 0): positive or NaN outputs.
     words |= ~(cols[n] <= A(0)) & (I(1) << n);
   }
-  if (g.ldc == 1) {
+  if (g.N == 1 && g.ldc == 1) {
     Ops::store(g.c + m0, cols[0], rows);
   } else {
     Ops::transpose(cols);
@@ -205,25 +205,30 @@ __attribute__((always_inline)) inline void dot_rows(const DotPlan<A>& p, int64_t
   const int64_t K = g.K, lda = g.a_rs, step = Contiguous ? 1 : g.a_cs, k_whole = K / W * W;
   const A* __restrict a = g.a + m0 * lda;
   const A* __restrict b = p.b_rows + n * p.k_padded;
-  V sum[R], total[R];
-  for (int i = 0; i < R; ++i) sum[i] = -V{}, total[i] = V{};
-  for (int64_t k = 0; k < K; k += W) {
-    const int lanes = k < k_whole ? W : int(K - k);
-    V bv;
-    std::memcpy(&bv, b + k, sizeof(V));
+  // Lane sums per K block of KC, the blocks added in order: a running sum over a whole batch
+  // (K is the batch in a weight gradient) would lose precision as it grows.
+  constexpr int64_t KC = Tile<A>::KC;
+  for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    V sum[R], total[R];
+    for (int i = 0; i < R; ++i) sum[i] = -V{}, total[i] = V{};
+    for (int64_t k = k0; k < min64(k0 + KC, K); k += W) {
+      const int lanes = k < k_whole ? W : int(K - k);
+      V bv;
+      std::memcpy(&bv, b + k, sizeof(V));
 #pragma GCC unroll 16
-    for (int i = 0; i < R; ++i) {
-      // +0 past K: times -0 adds nothing
-      V av = Contiguous ? Ops::load(a + i * lda + k, lanes)
-                        : Ops::load_strided(a + i * lda + k * step, step, lanes);
-      if constexpr (Masked) av = Ops::select(av, pm.lane_bits(i, k, lanes));
-      sum[i] += av * bv;
-      if (row_sums) total[i] += av;
+      for (int i = 0; i < R; ++i) {
+        // +0 past K: times -0 adds nothing
+        V av = Contiguous ? Ops::load(a + i * lda + k, lanes)
+                          : Ops::load_strided(a + i * lda + k * step, step, lanes);
+        if constexpr (Masked) av = Ops::select(av, pm.lane_bits(i, k, lanes));
+        sum[i] += av * bv;
+        if (row_sums) total[i] += av;
+      }
     }
+    for (int i = 0; i < R; ++i) acc[i] = k0 == 0 ? sum[i] : acc[i] + sum[i];
+    if (row_sums)
+      for (int i = 0; i < R; ++i) row_sums[i] = k0 == 0 ? total[i] : row_sums[i] + total[i];
   }
-  for (int i = 0; i < R; ++i) acc[i] = sum[i];
-  if (row_sums)
-    for (int i = 0; i < R; ++i) row_sums[i] = total[i];
 }
 
 // dot_rows over `rows` (<= W) rows from m0: acc[i] (and row_sums[i]) for row m0 + i.
