@@ -361,3 +361,22 @@ def test_weight_gradient_over_a_large_batch_keeps_float32_precision():
     exact = (x.double() * grad.double()).sum()
     torch.testing.assert_close(w.grad.double().squeeze(), exact, rtol=2e-4, atol=0)
     torch.testing.assert_close(b.grad.double().squeeze(), grad.double().sum(), rtol=2e-4, atol=0)
+
+
+@pytest.mark.parametrize("out_features", [1, 3, 40])
+@pytest.mark.parametrize("op", OPS_UNDER_TEST)
+def test_bias_only_gradient(op, out_features):
+    # With only the bias trainable, the backward sums the (masked) grad_output and nothing else;
+    # one output feature makes grad_output^T K-contiguous (packed as rows).
+    g = make_generator(out_features)
+    x = exact_randn(700, 9, generator=g)
+    w = exact_randn(out_features, 9, generator=g)
+    b = exact_randn(out_features, generator=g).requires_grad_()
+    go = exact_randn(700, out_features, generator=g)
+    fused = getattr(fused_linreg.functional, op)(x, w, b)
+    ref = F.linear(x, w, b)
+    if op == "linear_relu":
+        ref = torch.relu(ref)
+    (got,) = torch.autograd.grad(fused, b, go)
+    (expected,) = torch.autograd.grad(ref, b, go)
+    assert_same(got, expected, f"{op} bias-only gradient, out_features {out_features}")

@@ -229,8 +229,13 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
     if (g.a_row_sums) {
       for (int64_t m = 0; m < g.M; ++m) g.a_row_sums[m] = 0;
       A* panel = thread_buffer<A, 1>(round_up(g.M, MR) * KC);
-      for (int64_t k0 = 0; k0 < g.K; k0 += KC)
-        pack_a<MR>(g, 0, g.M, k0, min64(KC, g.K - k0), panel, g.a_row_sums);
+      for (int64_t k0 = 0; k0 < g.K; k0 += KC) {
+        const int64_t kb = min64(KC, g.K - k0);
+        if (g.a_cs == 1)  // K-contiguous rows: a masked copy, no transpose
+          pack_a_rows(g, 0, g.M, k0, kb, panel, g.a_row_sums);
+        else
+          pack_a<MR>(g, 0, g.M, k0, kb, panel, g.a_row_sums);
+      }
     }
     return;
   }

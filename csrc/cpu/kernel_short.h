@@ -18,8 +18,11 @@ constexpr int64_t kShortMaxK = 16384;
 
 template <typename T> struct ShortPlan {
   const GemmArgs<T>* g;
-  const acc_t<T>* packed_a;  // A' as one MR-lane panel over all of K: packed_a[k * MR + i]
-  int64_t panels_per_task;   // of NR columns
+  // A' packed per K block of kb steps at packed_a + k0 * MR: as one MR-lane panel,
+  // [k * MR + i], or (a_rows, for a K-contiguous A: a copy, no transpose) as rows, [i * kb + k].
+  const acc_t<T>* packed_a;
+  bool a_rows;
+  int64_t panels_per_task;  // of NR columns
 };
 
 template <typename T, int Rows> void short_task(void* ctx, int64_t begin, int64_t end) {
@@ -49,16 +52,21 @@ template <typename T, int Rows> void short_task(void* ctx, int64_t begin, int64_
     do {  // at least once, so that K == 0 still yields zeros
       const int64_t kb = min64(KC, g.K - k0);
       const bool last = k0 + kb >= g.K;
-      microkernel<T, true, Rows>(kb, p.packed_a + k0 * MR, 0, b + k0 * ldb, ldb, partial, NR,
-                                 k0 > 0, last ? &g : nullptr, 0, n0, g.M, nr);
+      const A* a = p.packed_a + k0 * MR;
+      const GemmArgs<T>* out = last ? &g : nullptr;
+      if (p.a_rows)
+        microkernel<T, false, Rows>(kb, a, kb, b + k0 * ldb, ldb, partial, NR, k0 > 0, out, 0, n0, g.M, nr);
+      else
+        microkernel<T, true, Rows>(kb, a, 0, b + k0 * ldb, ldb, partial, NR, k0 > 0, out, 0, n0, g.M, nr);
       k0 += kb;
     } while (k0 < g.K);
   }
 }
 
-template <typename T, int Rows> void gemm_short_rows(const GemmArgs<T>& g, const acc_t<T>* packed_a) {
+template <typename T, int Rows>
+void gemm_short_rows(const GemmArgs<T>& g, const acc_t<T>* packed_a, bool a_rows) {
   constexpr int NR = Tile<acc_t<T>>::NR;
-  ShortPlan<T> plan{&g, packed_a, 1};
+  ShortPlan<T> plan{&g, packed_a, a_rows, 1};
   const int64_t panels = ceil_div(g.N, NR);
   const int threads = num_threads();
   const bool threaded = threads > 1 && 2.0 * double(Rows) * double(g.N) * double(g.K) >= 2e6;
@@ -79,15 +87,21 @@ template <typename T> bool gemm_short(const GemmArgs<T>& g) {
   A* packed_a = thread_buffer<A, 1>(max64(g.K, 1) * MR);
   if (g.a_row_sums)
     for (int64_t m = 0; m < g.M; ++m) g.a_row_sums[m] = 0;
-  for (int64_t k0 = 0; k0 < g.K; k0 += KC)
-    pack_a<MR>(g, 0, g.M, k0, min64(KC, g.K - k0), packed_a + k0 * MR, g.a_row_sums);
+  const bool a_rows = g.a_cs == 1;
+  for (int64_t k0 = 0; k0 < g.K; k0 += KC) {
+    const int64_t kb = min64(KC, g.K - k0);
+    if (a_rows)
+      pack_a_rows(g, 0, g.M, k0, kb, packed_a + k0 * MR, g.a_row_sums);
+    else
+      pack_a<MR>(g, 0, g.M, k0, kb, packed_a + k0 * MR, g.a_row_sums);
+  }
   if (rows == 1)
-    gemm_short_rows<T, 1>(g, packed_a);
+    gemm_short_rows<T, 1>(g, packed_a, a_rows);
   else if (rows == 2)
-    gemm_short_rows<T, 2>(g, packed_a);
+    gemm_short_rows<T, 2>(g, packed_a, a_rows);
   else if (rows == 4)
-    gemm_short_rows<T, 4>(g, packed_a);
+    gemm_short_rows<T, 4>(g, packed_a, a_rows);
   else if constexpr (MR > 8)
-    gemm_short_rows<T, 8>(g, packed_a);
+    gemm_short_rows<T, 8>(g, packed_a, a_rows);
   return true;
 }
