@@ -71,11 +71,18 @@ void finish_columns(const GemmArgs<A>& g, typename Vec<A>::type* cols, int64_t m
   }
   if (g.relu && g.c_mask.bits) {
     // N <= W <= 16 bits: the first 32-bit word of each mask row, the rest of the row zero.
+    if constexpr (sizeof(I) == sizeof(uint32_t)) {
+      if (g.c_mask.row_bytes == sizeof(uint32_t)) {  // rows of one word: all of them at once
+        std::memcpy(g.c_mask.bits + m0 * sizeof(uint32_t), &words, rows * sizeof(uint32_t));
+        return;
+      }
+    }
     for (int l = 0; l < rows; ++l) {
       uint8_t* mask_row = g.c_mask.bits + (m0 + l) * g.c_mask.row_bytes;
       const uint32_t word = uint32_t(words[l]);
       std::memcpy(mask_row, &word, sizeof(word));
-      std::memset(mask_row + sizeof(word), 0, g.c_mask.row_bytes - sizeof(word));
+      if (g.c_mask.row_bytes > int64_t(sizeof(word)))
+        std::memset(mask_row + sizeof(word), 0, g.c_mask.row_bytes - sizeof(word));
     }
   }
 }
