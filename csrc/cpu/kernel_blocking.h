@@ -60,3 +60,24 @@ inline void run_parallel(int64_t tasks, bool threaded, ParallelBody body, void* 
   else
     body(ctx, 0, tasks);
 }
+
+// Products of fewer flops run on the calling thread: waking the pool would cost more.
+constexpr double kThreadedMinFlops = 2e6;
+
+// Runs body(ctx, u0, u1) over `units` independent units of work (row panels, column panels), in
+// a few tasks per thread when the product (`flops`) is worth threading.
+struct UnitTasks {
+  ParallelBody body;
+  void* ctx;
+  int64_t units, per_task;
+};
+inline void run_unit_tasks(void* tasks, int64_t begin, int64_t end) {
+  const UnitTasks& t = *static_cast<const UnitTasks*>(tasks);
+  t.body(t.ctx, begin * t.per_task, min64(end * t.per_task, t.units));
+}
+inline void run_units(int64_t units, double flops, ParallelBody body, void* ctx) {
+  const int threads = num_threads();
+  const bool threaded = threads > 1 && flops >= kThreadedMinFlops;
+  UnitTasks t{body, ctx, units, threaded ? max64(1, units / (4 * threads)) : max64(1, units)};
+  run_parallel(ceil_div(units, t.per_task), threaded, &run_unit_tasks, &t);
+}

@@ -227,15 +227,7 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
   if (g.N == 0) {
     // No output, but the row sums (a bias gradient) may still be wanted.
     if (g.a_row_sums) {
-      for (int64_t m = 0; m < g.M; ++m) g.a_row_sums[m] = 0;
-      A* panel = thread_buffer<A, 1>(round_up(g.M, MR) * KC);
-      for (int64_t k0 = 0; k0 < g.K; k0 += KC) {
-        const int64_t kb = min64(KC, g.K - k0);
-        if (g.a_cs == 1)  // K-contiguous rows: a masked copy, no transpose
-          pack_a_rows(g, 0, g.M, k0, kb, panel, g.a_row_sums);
-        else
-          pack_a<MR>(g, 0, g.M, k0, kb, panel, g.a_row_sums);
-      }
+      pack_a_blocks(g, thread_buffer<A, 1>(round_up(g.M, MR) * KC), 0);  // for the sums only
     }
     return;
   }
@@ -255,7 +247,7 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
   p.g = &g;
   const int threads = num_threads();
   const double flops = 2.0 * double(g.M) * double(g.N) * double(g.K);
-  const bool threaded = threads > 1 && flops >= 2e6;
+  const bool threaded = threads > 1 && flops >= kThreadedMinFlops;
 
   // Split K when the output has too few micro-tiles to share among threads. Decided by shape
   // alone, so that the result is bitwise the same for any thread count.

@@ -111,7 +111,6 @@ void finish_column_block(const GemmArgs<T>& g, typename Vec<acc_t<T>>::type* col
 template <typename T, int NB> struct NarrowPlan {
   const GemmArgs<T>* g;
   const acc_t<T>* packed_b;  // pack_narrow_b
-  int64_t panels_per_task;
 };
 
 template <typename T, int NB> void narrow_task(void* ctx, int64_t begin, int64_t end) {
@@ -127,7 +126,7 @@ template <typename T, int NB> void narrow_task(void* ctx, int64_t begin, int64_t
   // Finished columns. The transposes back to rows carry columns past N into lanes that are never
   // stored, so only the first NB are rewritten for each row group.
   V cols[W] = {};
-  for (int64_t p = begin * plan.panels_per_task; p < min64(end * plan.panels_per_task, ceil_div(g.M, P)); ++p) {
+  for (int64_t p = begin; p < end; ++p) {  // panels of P rows
     const int64_t i0 = p * P, mb = min64(P, g.M - i0);
     // Whole panels of an A whose rows are adjacent (a column of inputs, a transposed input) are
     // already in lanes: read in place, unless the prologue has work to do.
@@ -175,18 +174,12 @@ template <typename T, int NB> void narrow_task(void* ctx, int64_t begin, int64_t
 template <typename T, int NB> void gemm_rows_in_lanes(const GemmArgs<T>& g) {
   using A = acc_t<T>;
   constexpr int P = NarrowTile<A>::row_vectors(NB) * Vec<A>::width;
-  NarrowPlan<T, NB> plan{&g, nullptr, 1};
   A* packed_b = thread_buffer<A, 2>(max64(g.K, 1) * NB);
   pack_narrow_b<NB>(g, packed_b);
-  plan.packed_b = packed_b;
+  NarrowPlan<T, NB> plan{&g, packed_b};
   if (g.a_row_sums)
     for (int64_t m = 0; m < g.M; ++m) g.a_row_sums[m] = 0;
-  const int64_t panels = ceil_div(g.M, P);
-  const int threads = num_threads();
-  const bool threaded = threads > 1 && 2.0 * double(g.M) * double(NB) * double(g.K) >= 2e6;
-  // Tasks of whole panels, a few per thread so that a slower thread does not hold up the rest.
-  plan.panels_per_task = threaded ? max64(1, panels / (4 * threads)) : panels;
-  run_parallel(ceil_div(panels, plan.panels_per_task), threaded, &narrow_task<T, NB>, &plan);
+  run_units(ceil_div(g.M, P), 2.0 * double(g.M) * double(NB) * double(g.K), &narrow_task<T, NB>, &plan);
 }
 
 // Dot products: B(0 .. K, n) as K-contiguous rows, padded to whole vectors with -0.0 (a padding
@@ -195,7 +188,6 @@ template <typename A> struct DotPlan {
   const GemmArgs<A>* g;
   const A* b_rows;  // b_rows[n * k_padded + k]
   int64_t k_padded;
-  int64_t groups_per_task;  // groups of W rows
 };
 
 // Rows m0 .. m0+R of column n: the lanes of acc[i] sum to dot(A'(m0 + i, :), B(:, n)), and
@@ -255,9 +247,8 @@ template <typename A> void dot_task(void* ctx, int64_t begin, int64_t end) {
   constexpr int W = Vec<A>::width;
   const DotPlan<A>& p = *static_cast<const DotPlan<A>*>(ctx);
   const GemmArgs<A>& g = *p.g;
-  const int64_t groups = ceil_div(g.M, W);
   V cols[W] = {};  // finished columns (only the first N rewritten per group, as in narrow_task)
-  for (int64_t grp = begin * p.groups_per_task; grp < min64(end * p.groups_per_task, groups); ++grp) {
+  for (int64_t grp = begin; grp < end; ++grp) {  // groups of W rows
     const int64_t m0 = grp * W;
     const int rows = int(min64(W, g.M - m0));
     // Rows past M stay -0.0 (their sums are never stored). Row sums ride along column 0.
@@ -281,17 +272,13 @@ template <typename A> void dot_task(void* ctx, int64_t begin, int64_t end) {
 
 template <typename A> void gemm_dot(const GemmArgs<A>& g) {
   constexpr int W = Vec<A>::width;
-  DotPlan<A> p{&g, nullptr, round_up(g.K, W), 1};
+  DotPlan<A> p{&g, nullptr, round_up(g.K, W)};
   A* b_rows = thread_buffer<A, 2>(g.N * p.k_padded);
   for (int64_t n = 0; n < g.N; ++n)
     for (int64_t k = 0; k < p.k_padded; ++k)
       b_rows[n * p.k_padded + k] = k < g.K ? g.b[k * g.b_rs + n * g.b_cs] : -A(0);
   p.b_rows = b_rows;
-  const int64_t groups = ceil_div(g.M, W);
-  const int threads = num_threads();
-  const bool threaded = threads > 1 && 2.0 * double(g.M) * double(g.N) * double(g.K) >= 2e6;
-  p.groups_per_task = threaded ? max64(1, groups / (4 * threads)) : groups;
-  run_parallel(ceil_div(groups, p.groups_per_task), threaded, &dot_task<A>, &p);
+  run_units(ceil_div(g.M, W), 2.0 * double(g.M) * double(g.N) * double(g.K), &dot_task<A>, &p);
 }
 
 // Takes the GEMM as dot products when that layout fits (returns false otherwise).

@@ -178,6 +178,25 @@ void pack_a_rows(const GemmArgs<T>& g, int64_t i0, int64_t mb, int64_t k0, int64
   std::memset(dst + mb * kb, 0, (round_up(mb, Tile<A>::MR) - mb) * kb * sizeof(A));
 }
 
+// Packs all of A' (rows 0 .. M) K block by K block, block k0 at dst + k0 * block_stride (0: each
+// block over the last), with the row sums over all of K when wanted. K-contiguous rows are copied
+// as rows, [i * kb + k] (no transpose); otherwise MR-lane panels, [k * MR + i]. Returns whether
+// as rows.
+template <typename T> bool pack_a_blocks(const GemmArgs<T>& g, acc_t<T>* dst, int64_t block_stride) {
+  constexpr int64_t KC = Tile<acc_t<T>>::KC;
+  const bool as_rows = g.a_cs == 1;
+  if (g.a_row_sums)
+    for (int64_t m = 0; m < g.M; ++m) g.a_row_sums[m] = 0;
+  for (int64_t k0 = 0; k0 < g.K; k0 += KC) {
+    const int64_t kb = min64(KC, g.K - k0);
+    if (as_rows)
+      pack_a_rows(g, 0, g.M, k0, kb, dst + k0 * block_stride, g.a_row_sums);
+    else
+      pack_a<Tile<acc_t<T>>::MR>(g, 0, g.M, k0, kb, dst + k0 * block_stride, g.a_row_sums);
+  }
+  return as_rows;
+}
+
 // Packs B(k0 : k0+kb, j0 : j0+nb) into NR-column micro-panels: dst[(j / NR) * NR * kb + k * NR +
 // j % NR].
 template <typename T>

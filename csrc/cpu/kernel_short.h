@@ -22,7 +22,6 @@ template <typename T> struct ShortPlan {
   // [k * MR + i], or (a_rows, for a K-contiguous A: a copy, no transpose) as rows, [i * kb + k].
   const acc_t<T>* packed_a;
   bool a_rows;
-  int64_t panels_per_task;  // of NR columns
 };
 
 template <typename T, int Rows> void short_task(void* ctx, int64_t begin, int64_t end) {
@@ -31,9 +30,8 @@ template <typename T, int Rows> void short_task(void* ctx, int64_t begin, int64_
   constexpr int64_t KC = Tile<A>::KC;
   const ShortPlan<T>& p = *static_cast<const ShortPlan<T>*>(ctx);
   const GemmArgs<T>& g = *p.g;
-  const int64_t panels = ceil_div(g.N, NR);
   alignas(64) A partial[Rows * NR];  // the sums of the K blocks so far
-  for (int64_t jp = begin * p.panels_per_task; jp < min64(end * p.panels_per_task, panels); ++jp) {
+  for (int64_t jp = begin; jp < end; ++jp) {  // panels of NR columns
     const int64_t n0 = jp * NR, nr = min64(NR, g.N - n0);
     const A* b = nullptr;  // NR columns of B, row k at b[k * ldb]
     int64_t ldb = NR;
@@ -65,36 +63,22 @@ template <typename T, int Rows> void short_task(void* ctx, int64_t begin, int64_
 
 template <typename T, int Rows>
 void gemm_short_rows(const GemmArgs<T>& g, const acc_t<T>* packed_a, bool a_rows) {
-  constexpr int NR = Tile<acc_t<T>>::NR;
-  ShortPlan<T> plan{&g, packed_a, a_rows, 1};
-  const int64_t panels = ceil_div(g.N, NR);
-  const int threads = num_threads();
-  const bool threaded = threads > 1 && 2.0 * double(Rows) * double(g.N) * double(g.K) >= 2e6;
-  plan.panels_per_task = threaded ? max64(1, panels / (4 * threads)) : panels;
-  run_parallel(ceil_div(panels, plan.panels_per_task), threaded, &short_task<T, Rows>, &plan);
+  ShortPlan<T> plan{&g, packed_a, a_rows};
+  run_units(ceil_div(g.N, Tile<acc_t<T>>::NR), 2.0 * double(Rows) * double(g.N) * double(g.K),
+            &short_task<T, Rows>, &plan);
 }
 
 // Takes the GEMM when the output is short enough (returns false otherwise).
 template <typename T> bool gemm_short(const GemmArgs<T>& g) {
   using A = acc_t<T>;
   constexpr int MR = Tile<A>::MR;
-  constexpr int64_t KC = Tile<A>::KC;
   int rows = 0;
   for (int r : kShortRows)
     if (r < MR && g.M <= r && rows == 0) rows = r;
   if (rows == 0 || g.K > kShortMaxK) return false;
   // The row sums of the whole of A' come out of packing it, K block by K block as in the tiled path.
   A* packed_a = thread_buffer<A, 1>(max64(g.K, 1) * MR);
-  if (g.a_row_sums)
-    for (int64_t m = 0; m < g.M; ++m) g.a_row_sums[m] = 0;
-  const bool a_rows = g.a_cs == 1;
-  for (int64_t k0 = 0; k0 < g.K; k0 += KC) {
-    const int64_t kb = min64(KC, g.K - k0);
-    if (a_rows)
-      pack_a_rows(g, 0, g.M, k0, kb, packed_a + k0 * MR, g.a_row_sums);
-    else
-      pack_a<MR>(g, 0, g.M, k0, kb, packed_a + k0 * MR, g.a_row_sums);
-  }
+  const bool a_rows = pack_a_blocks(g, packed_a, MR);
   if (rows == 1)
     gemm_short_rows<T, 1>(g, packed_a, a_rows);
   else if (rows == 2)
