@@ -1,29 +1,38 @@
 """SGD applied inside the backward: ``FusedSGD(..., in_backward=True)``.
 
-For the weight and bias of fused layers, ``loss.backward()`` computes grad_input with the old
-weight, then lets the weight-gradient GEMM's epilogue apply SGD straight into the parameter and
-its momentum buffer (torch.ops.fused_linreg.linear_backward_sgd_), so the weight gradient is
-never materialised and ``.grad`` stays None. ``step()`` then updates only the other parameters.
+For the weight and bias of fused layers, an ordinary ``loss.backward()`` computes grad_input with
+the old weight, then lets the weight-gradient GEMM's epilogue apply SGD straight into the
+parameter and its momentum buffer (torch.ops.fused_linreg.linear_backward_sgd_), so the weight
+gradient is never materialised and ``.grad`` stays None. ``step()`` then updates the other
+parameters, and adds what other parts of the graph put in a fused parameter's ``.grad`` (an L2
+penalty, a tied embedding) to the update the backward made.
 
-Limits, raised as errors where they can be detected: one forward per parameter per backward
-(no gradient accumulation over several backwards before ``step()``, no weight shared by two
-layers), no ``retain_graph`` second backward. Gradient clipping and GradScaler cannot see these
-gradients, so they do not apply to in-backward parameters.
+The rule: a parameter is updated in the backward only when that backward accumulates its gradient
+(``loss.backward()``, or ``backward(inputs=...)`` naming it); ``torch.autograd.grad`` and
+backwards that leave the parameter out get ordinary gradients and change nothing. Every parameter
+steps with the options of its own param group. Setups whose answer would differ from
+torch.optim.SGD are refused before any parameter changes: several processes (DDP all-reduces
+gradients the backward has already applied), GradScaler (it unscales and skips steps after the
+backward), two forwards of a layer before its backward (gradient accumulation, shared weights),
+a second backward through an updated graph.
 """
+import gc
 import weakref
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from fused_linreg._autocast import cast_linear_args
 from fused_linreg._ops import ops
-from torch.utils.weak import WeakIdKeyDictionary
 
-# Parameter -> the InBackwardSGD controller of the optimizer that owns it.
+# Parameter -> the InBackwardSGD controllers that claimed it (only live ones count).
 _controllers: WeakIdKeyDictionary = WeakIdKeyDictionary()
 # Live in-backward optimizers. A plain int, so that torch.compile folds the common case (none) to
 # the ordinary path without tracing into the registry.
 _live_optimizers = 0
+
+_USE_IN_BACKWARD_FALSE = "; use FusedSGD(in_backward=False) for this setup"
 
 
 def _optimizer_gone() -> None:
@@ -31,48 +40,103 @@ def _optimizer_gone() -> None:
     _live_optimizers -= 1
 
 
+def _owner(p: torch.Tensor) -> Optional["InBackwardSGD"]:
+    """The live in-backward optimizer of ``p``, if any, forgetting the dead ones."""
+    claimed = _controllers.get(p)
+    if claimed is None:
+        return None
+    live = [c for c in claimed if c.alive()]
+    if len(live) != len(claimed):
+        if live:
+            _controllers[p] = live
+        else:
+            del _controllers[p]
+    if len(live) > 1:
+        raise RuntimeError(
+            f"FusedSGD(in_backward=True): a parameter of shape {list(p.shape)} belongs to two "
+            "in-backward optimizers that are both alive, so which one updates it in the backward "
+            "is ambiguous; delete the old optimizer" + _USE_IN_BACKWARD_FALSE)
+    return live[0] if live else None
+
+
 def controller_for(weight: torch.Tensor) -> Optional["InBackwardSGD"]:
     """The in-backward optimizer of this weight, when its forward should take the in-backward path."""
-    if _live_optimizers == 0 or not torch.is_grad_enabled() or not weight.requires_grad:
+    if (_live_optimizers == 0 or not torch.is_grad_enabled() or not weight.requires_grad
+            or torch._C._are_functorch_transforms_active()):
         return None
-    controller = _controllers.get(weight)
-    if controller is not None and not controller.alive():
-        del _controllers[weight]  # its optimizer is gone: ordinary gradients again
-        return None
-    return controller
+    return _owner(weight)
+
+
+def _refuse_distributed() -> None:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise RuntimeError(
+            f"FusedSGD(in_backward=True) with torch.distributed (world size {dist.get_world_size()}): "
+            "the update would run inside this process's backward, before DistributedDataParallel "
+            "or FSDP reduce the gradient across processes, so each replica would apply only its "
+            "own gradient" + _USE_IN_BACKWARD_FALSE)
+
+
+def _grad_scaler_in_use() -> bool:
+    """Whether some torch.amp.GradScaler has scaled a loss in this process.
+
+    A scaled loss cannot be seen from a layer's backward (the scale sits in the graph's root, which
+    autograd does not expose), but the scaler that made it holds its scale from its first
+    ``scale()`` call on. Scanning for scalers walks the heap, so it runs once per optimizer, at its
+    first in-backward update; a scaler used only later is caught by step()."""
+    scaler_types, todo = [], [torch.amp.GradScaler]
+    while todo:
+        t = todo.pop()
+        scaler_types.append(t)
+        todo.extend(t.__subclasses__())
+    return any(type(obj) in scaler_types and obj.is_enabled() and getattr(obj, "_scale", None) is not None
+               for t in scaler_types for obj in gc.get_referrers(t))
+
+
+_GRAD_SCALER_MESSAGE = (
+    "FusedSGD(in_backward=True) with torch.amp.GradScaler: the scaled gradient would be applied "
+    "inside the backward, before the scaler can unscale it or skip a step with inf/NaN "
+    "gradients" + _USE_IN_BACKWARD_FALSE + " (FusedSGD supports GradScaler there)")
+
+
+def _sgd_options(group: dict) -> Tuple[float, float, float, float, bool, bool]:
+    return (float(group["lr"]), float(group["momentum"]), float(group["dampening"]),
+            float(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]))
 
 
 class _PendingBackward:
-    """Marks a forward whose backward (and update) has not run yet."""
+    """A forward whose backward has not run yet (held by its graph: gone with it)."""
 
-    done = False
+    finished = False
 
 
 class InBackwardSGD:
-    """The in-backward side of one FusedSGD: which parameters it updated since the last step()."""
+    """The in-backward side of one FusedSGD: which parameters the backward updated since step()."""
 
     def __init__(self, optimizer: torch.optim.Optimizer):
         global _live_optimizers
+        _refuse_distributed()
         _live_optimizers += 1
         weakref.finalize(optimizer, _optimizer_gone)
         self._optimizer = weakref.ref(optimizer)
+        # Parameter -> whether its update in the backward was its first momentum step.
         self._updated: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._pending: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._groups_key = None
+        self._group_index: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._checked_grad_scaler = False
         for group in optimizer.param_groups:
             self.attach(group["params"])
 
     def attach(self, params) -> None:
         for p in params:
-            owner = _controllers.get(p)
-            if owner is not None and owner is not self:
-                raise ValueError(
-                    "FusedSGD(in_backward=True): a parameter already belongs to another in-backward "
-                    "optimizer; each parameter can be updated by one optimizer in the backward"
-                )
-            _controllers[p] = self
+            _controllers[p] = [c for c in _controllers.get(p, []) if c.alive()] + [self]
 
     def alive(self) -> bool:
         return self._optimizer() is not None
+
+    def owns(self, p: torch.Tensor) -> bool:
+        return _owner(p) is self
 
     def updated_since_step(self, p: torch.Tensor) -> bool:
         return p in self._updated
@@ -82,25 +146,51 @@ class InBackwardSGD:
         self._updated = WeakIdKeyDictionary()
         self._pending = WeakIdKeyDictionary()
 
-    def forward_started(self, weight: torch.Tensor) -> _PendingBackward:
+    # ---- forward and backward of the fused layers ----------------------------------------------
+
+    def forward_started(self, weight: torch.Tensor) -> Optional[_PendingBackward]:
+        if torch._C._current_graph_task_id() != -1:
+            # A forward inside a backward: activation checkpointing recomputing the layer. The
+            # forward it recomputes is the one pending.
+            return None
+        _refuse_distributed()
         previous = self._pending.get(weight)
-        if previous is not None and not previous.done:
+        previous = previous() if previous is not None else None
+        if previous is not None and not previous.finished:
             raise RuntimeError(
                 "FusedSGD(in_backward=True): this fused layer's weight is used by a second forward "
                 "before the backward of the first has run (a weight shared by two layers, gradient "
                 "accumulation over micro-batches, or an evaluation forward outside torch.no_grad()). "
                 "In-backward SGD applies each update in its own backward, so each parameter may "
-                "take part in one forward per backward; use in_backward=False for these cases."
-            )
+                "take part in one forward per backward" + _USE_IN_BACKWARD_FALSE)
         pending = _PendingBackward()
-        self._pending[weight] = pending
+        self._pending[weight] = weakref.ref(pending)
         return pending
 
-    def _group_of(self, p: torch.Tensor) -> dict:
-        for group in self._optimizer().param_groups:
-            if any(q is p for q in group["params"]):
-                return group
-        raise RuntimeError("FusedSGD(in_backward=True): parameter is not in any param group")
+    def check_can_update(self, params: List[torch.Tensor]) -> None:
+        """Raises, before anything changes, for the setups the update in the backward gets wrong."""
+        for p in params:
+            if p in self._updated:
+                raise RuntimeError(
+                    "FusedSGD(in_backward=True): a second backward reached a parameter that was "
+                    "already updated in an earlier backward since the last step(); gradient "
+                    "accumulation over several backwards is not supported" + _USE_IN_BACKWARD_FALSE)
+        if not self._checked_grad_scaler:
+            if _grad_scaler_in_use():
+                raise RuntimeError(_GRAD_SCALER_MESSAGE)
+            self._checked_grad_scaler = True
+
+    def group_of(self, p: torch.Tensor) -> dict:
+        groups = self._optimizer().param_groups
+        # load_state_dict and add_param_group replace or add group dicts: index them again then.
+        key = tuple((id(g), len(g["params"])) for g in groups)
+        if key != self._groups_key:
+            self._group_index = WeakIdKeyDictionary()
+            for i, group in enumerate(groups):
+                for q in group["params"]:
+                    self._group_index[q] = i
+            self._groups_key = key
+        return groups[self._group_index[p]]
 
     def _momentum_buffer(self, p: torch.Tensor, momentum: float):
         """(buffer, is_new) in the optimizer's state, as torch.optim.SGD keeps it."""
@@ -113,40 +203,80 @@ class InBackwardSGD:
         buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.contiguous_format)
         return buf, True
 
-    def apply(self, grad_output, input, relu_mask, weight, bias) -> None:
-        """Updates weight (and bias) in place from this layer's gradient (grad_output and input in
-        the dtype the layer computed in)."""
-        for p in (weight, bias):
-            if p is not None and p in self._updated:
-                raise RuntimeError(
-                    "FusedSGD(in_backward=True): a second backward reached a parameter that was "
-                    "already updated in an earlier backward since the last step(); gradient "
-                    "accumulation over several backwards is not supported with in_backward=True"
-                )
-        group = self._group_of(weight)
-        momentum = group["momentum"]
-        if bias is not None and not bias.requires_grad:
-            bias = None
-        weight_buf, init_weight = self._momentum_buffer(weight, momentum)
-        bias_buf, init_bias = self._momentum_buffer(bias, momentum) if bias is not None else (None, False)
-        options = (float(group["lr"]), float(momentum), float(group["dampening"]),
-                   float(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]))
-        if input.dtype == weight.dtype:
-            ops.linear_backward_sgd_(grad_output, input, weight, relu_mask, bias, weight_buf,
-                                     bias_buf, init_weight, init_bias, *options)
-        else:
-            # Autocast: the gradients come in a lower precision than the parameters. They are
-            # computed, converted to the parameters' dtype and applied; this path does
-            # materialise the weight gradient.
-            _, grad_weight, grad_bias = ops.linear_backward(
-                grad_output, input, weight.to(input.dtype), relu_mask, [False, True, bias is not None])
-            params = [weight] + ([bias] if bias is not None else [])
-            grads = [grad_weight.to(weight.dtype)] + ([grad_bias.to(bias.dtype)] if bias is not None else [])
-            buffers = [b for b in (weight_buf, bias_buf) if b is not None]
-            ops.sgd_step_(params, grads, buffers, [init_weight, init_bias][:len(buffers)], *options)
-        self._updated[weight] = True
+    def _step(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        buf, init = self._momentum_buffer(p, group["momentum"])
+        ops.sgd_step_([p], [grad.to(p.dtype)], [buf] if buf is not None else [], [init] if buf is not None else [],
+                      *_sgd_options(group))
+        self._updated[p] = init
+
+    def update(self, grad_output, input, weight_as_computed, relu_mask, weight, bias) -> None:
+        """Applies SGD to ``weight`` and/or ``bias`` (either may be None) from this layer's gradient.
+
+        grad_output, input and weight_as_computed are in the dtype the layer computed in."""
+        weight_group = self.group_of(weight) if weight is not None else None
+        bias_group = self.group_of(bias) if bias is not None else None
+        # The weight-gradient GEMM with the update as its epilogue, when the parameter's dtype is
+        # the computed one and the CPU kernels have it (float16 on CPU computes through float32).
+        in_epilogue = (weight is not None and input.dtype == weight.dtype
+                       and not (weight.dtype == torch.float16 and weight.device.type == "cpu"))
+        if in_epilogue:
+            bias_in_epilogue = bias is not None and _sgd_options(bias_group) == _sgd_options(weight_group)
+            momentum = weight_group["momentum"]
+            weight_buf, init_weight = self._momentum_buffer(weight, momentum)
+            bias_buf, init_bias = (self._momentum_buffer(bias, momentum) if bias_in_epilogue
+                                   else (None, False))
+            ops.linear_backward_sgd_(grad_output, input, weight, relu_mask,
+                                     bias if bias_in_epilogue else None, weight_buf, bias_buf,
+                                     init_weight, init_bias, *_sgd_options(weight_group))
+            self._updated[weight] = init_weight
+            if bias_in_epilogue:
+                self._updated[bias] = init_bias
+                bias = None
+            weight = None
+        if weight is None and bias is None:
+            return
+        # The rest from materialised gradients: autocast (gradients in a lower precision than the
+        # parameters), float16 on CPU, or a bias whose param group has other options.
+        _, grad_weight, grad_bias = ops.linear_backward(
+            grad_output, input, weight_as_computed, relu_mask, [False, weight is not None, bias is not None])
+        if weight is not None:
+            self._step(weight, grad_weight, weight_group)
         if bias is not None:
-            self._updated[bias] = True
+            self._step(bias, grad_bias, bias_group)
+
+    # ---- step(): the gradient that reached an updated parameter from elsewhere -----------------
+
+    def fold_in(self, p: torch.Tensor, extra_grad: torch.Tensor, group: dict) -> None:
+        """Adds ``extra_grad`` to the update the backward already applied to ``p``.
+
+        SGD's update is linear in the gradient once weight decay (applied in the backward, on the
+        old value) is taken out: the momentum buffer grows by c * g and the parameter moves by
+        -lr * c * g (nesterov: -lr * (1 + momentum * c) * g), with c = 1 on the buffer's first step
+        and 1 - dampening after, as torch.optim.SGD computes them."""
+        lr, momentum, dampening, _, nesterov, maximize = _sgd_options(group)
+        g = -extra_grad if maximize else extra_grad
+        if momentum == 0:
+            p.add_(g, alpha=-lr)
+            return
+        first_step = self._updated[p]
+        c = 1.0 if first_step else 1.0 - dampening
+        self._optimizer().state[p]["momentum_buffer"].add_(g, alpha=c)
+        p.add_(g, alpha=-lr * (1.0 + momentum * c if nesterov else c))
+
+
+def _engine_route(ctx, index: int) -> str:
+    """What this backward does with the gradient of the Function's input ``index``: "accumulate"
+    (it flows into the parameter's .grad: loss.backward()), "return" (torch.autograd.grad asked
+    for this very tensor) or "skip" (not needed)."""
+    node = ctx.next_functions[index][0]
+    if node is None:
+        return "skip"
+    try:
+        return "accumulate" if torch._C._will_engine_execute_node(node) else "skip"
+    except RuntimeError:
+        # autograd refuses the question for a leaf that torch.autograd.grad captures: the caller
+        # wants this gradient returned, not applied.
+        return "return"
 
 
 class LinearInBackwardSGD(torch.autograd.Function):
@@ -162,21 +292,45 @@ class LinearInBackwardSGD(torch.autograd.Function):
             output, relu_mask = ops.linear_relu_forward(x, w, b)
         else:
             output, relu_mask = ops.linear_forward(x, w, b), None
-        ctx.save_for_backward(x, w, relu_mask, weight, bias)
+        ctx.save_for_backward(x, w, relu_mask)
+        # The parameters themselves, not saved tensors: checkpointing and saved-tensor hooks
+        # unpack other tensor objects, and the update must go to these.
+        ctx.params = (weight, bias)
         ctx.controller = controller
+        ctx.updated = False
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
-        if ctx.pending.done:
-            raise RuntimeError(
-                "FusedSGD(in_backward=True): second backward through a graph whose parameters "
-                "were already updated (retain_graph); not supported with in_backward=True"
-            )
-        x, w, relu_mask, weight, bias = ctx.saved_tensors
-        grad_input = None
-        if ctx.needs_input_grad[0]:  # with the weight as it was in the forward
-            grad_input = ops.linear_backward(grad_output, x, w, relu_mask, [True, False, False])[0]
-        ctx.controller.apply(grad_output, x, relu_mask, weight, bias)
-        ctx.pending.done = True
-        return grad_input, None, None, None, None
+        x, w, relu_mask = ctx.saved_tensors
+        weight, bias = ctx.params
+        controller = ctx.controller
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradients must themselves be differentiable, so they are
+            # returned as the ordinary layer returns them and nothing is applied.
+            routes = ["return", "return", "return" if bias is not None else "skip"]
+        else:
+            routes = [None, _engine_route(ctx, 1), _engine_route(ctx, 2) if bias is not None else "skip"]
+            if routes[2] == "accumulate" and not controller.owns(bias):
+                routes[2] = "return"  # a bias in another optimizer, or in none
+        update = [p for p, r in ((weight, routes[1]), (bias, routes[2])) if r == "accumulate"]
+        if update:
+            if ctx.updated:
+                raise RuntimeError(
+                    "FusedSGD(in_backward=True): second backward through a graph whose parameters "
+                    "were already updated (retain_graph)" + _USE_IN_BACKWARD_FALSE)
+            controller.check_can_update(update)
+        wanted = [ctx.needs_input_grad[0], routes[1] == "return" and ctx.needs_input_grad[1],
+                  routes[2] == "return" and ctx.needs_input_grad[2]]
+        grads = [None, None, None]
+        if any(wanted):  # grad_input with the weight as it was in the forward, before any update
+            grads = list(ops.linear_backward(grad_output, x, w, relu_mask, wanted))
+        if update:
+            controller.update(grad_output, x, w, relu_mask, weight if routes[1] == "accumulate" else None,
+                              bias if routes[2] == "accumulate" else None)
+            ctx.updated = True
+        if ctx.pending is not None and (update or not torch._C._autograd._get_current_graph_task_keep_graph()):
+            ctx.pending.finished = True
+        grad_weight = grads[1].to(weight.dtype) if grads[1] is not None else None
+        grad_bias = grads[2].to(bias.dtype) if grads[2] is not None else None
+        return grads[0], grad_weight, grad_bias, None, None

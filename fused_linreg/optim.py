@@ -6,7 +6,7 @@ import torch
 from torch.optim.optimizer import ParamsT
 
 from fused_linreg import _ops
-from fused_linreg.in_backward import InBackwardSGD
+from fused_linreg.in_backward import _GRAD_SCALER_MESSAGE, InBackwardSGD
 
 __all__ = ["FusedSGD"]
 
@@ -31,17 +31,51 @@ class FusedSGD(torch.optim.SGD):
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
-                 maximize: bool = False, in_backward: bool = False) -> None:
+                 maximize: bool = False, foreach: Optional[bool] = None,
+                 differentiable: bool = False, fused: Optional[bool] = None,
+                 in_backward: bool = False) -> None:
+        # foreach and fused choose among torch's implementations of the same update; every
+        # FusedSGD step is one multi-tensor kernel, whatever they say. They are kept in the param
+        # groups so that state_dicts stay torch.optim.SGD's.
+        if differentiable:
+            raise ValueError("FusedSGD does not support differentiable=True (its update is not "
+                             "recorded by autograd); use torch.optim.SGD(differentiable=True)")
+        self._in_backward = None
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
-                         foreach=False, differentiable=False, fused=False)
-        # Not a param-group default: the state_dict format stays torch.optim.SGD's.
-        self.in_backward = InBackwardSGD(self) if in_backward else None
+                         foreach=foreach, differentiable=False, fused=fused)
+        self._in_backward = InBackwardSGD(self) if in_backward else None
+
+    @property
+    def in_backward(self) -> bool:
+        """Whether the fused layers' parameters are updated inside the backward."""
+        return self._in_backward is not None
+
+    # Not a param-group default: the state_dict format stays torch.optim.SGD's. Pickling and
+    # deepcopy carry the flag; the copy gets a controller of its own, over its own parameters.
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["in_backward"] = self.in_backward
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        in_backward = state.pop("in_backward", False)
+        super().__setstate__(state)
+        self._in_backward = InBackwardSGD(self) if in_backward else None
 
     def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        if getattr(self, "in_backward", None) is not None:
-            self.in_backward.attach(self.param_groups[-1]["params"])
+        super().add_param_group(param_group)  # warns about a parameter listed twice
+        seen = set()
+        for p in self.param_groups[-1]["params"]:
+            if id(p) in seen:
+                # torch.optim.SGD steps it twice, each time from the momentum buffer as it was
+                # before the step; one kernel call per group cannot, so it is refused.
+                del self.param_groups[-1]
+                raise ValueError(f"FusedSGD: a parameter of shape {list(p.shape)} is listed twice "
+                                 "in one param group; list each parameter once")
+            seen.add(id(p))
+        if getattr(self, "_in_backward", None) is not None:
+            self._in_backward.attach(self.param_groups[-1]["params"])
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
@@ -51,10 +85,12 @@ class FusedSGD(torch.optim.SGD):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        if self._in_backward is not None and (grad_scale is not None or found_inf is not None):
+            raise RuntimeError(_GRAD_SCALER_MESSAGE)
         for group in self.param_groups:
             self._step_group(group, grad_scale, found_inf)
-        if self.in_backward is not None:
-            self.in_backward.reset()
+        if self._in_backward is not None:
+            self._in_backward.reset()
         return loss
 
     def _step_group(self, group, grad_scale, found_inf):
@@ -64,10 +100,12 @@ class FusedSGD(torch.optim.SGD):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            if self.in_backward is not None and self.in_backward.updated_since_step(p):
-                continue  # already stepped inside the backward
             if p.grad.is_sparse:
                 raise RuntimeError("FusedSGD does not support sparse gradients")
+            if self._in_backward is not None and self._in_backward.updated_since_step(p):
+                # Stepped inside the backward; what is in .grad came from elsewhere in the graph.
+                self._in_backward.fold_in(p, p.grad, group)
+                continue
             params, grads, buffers, init = batches[p.device]
             params.append(p)
             grads.append(p.grad)

@@ -87,3 +87,41 @@ def test_ddp_two_processes_match_one_process_on_the_whole_batch(tmp_path):
         for i, (a, e) in enumerate(zip(got["buffers"], expected_buffers)):
             torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-13,
                                        msg=lambda m: f"rank {rank} buffer {i}: {m}")
+
+
+def _in_backward_worker(rank, port, out_dir):
+    """FusedSGD(in_backward=True) in a process group of two: refused when built, and refused at
+    the first forward when built before the process group, with no parameter changed."""
+    torch.set_num_threads(1)
+    model = make_model()
+    early_opt = fused_linreg.FusedSGD(model.parameters(), in_backward=True, **SGD)  # noqa: F841
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE,
+                            timeout=datetime.timedelta(seconds=60))
+    errors = []
+    try:
+        ddp = DDP(model)
+        before = [p.detach().clone() for p in model.parameters()]
+        x, y = data()
+        try:
+            nn.functional.mse_loss(ddp(x[0]), y[0]).backward()
+        except RuntimeError as e:
+            errors.append(str(e))
+        try:
+            fused_linreg.FusedSGD(model.parameters(), in_backward=True, **SGD)
+        except RuntimeError as e:
+            errors.append(str(e))
+        unchanged = all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+        torch.save({"errors": errors, "unchanged": unchanged}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_in_backward_sgd_is_refused_across_processes(tmp_path):
+    mp.spawn(_in_backward_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    for rank in range(WORLD_SIZE):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["unchanged"]
+        assert len(got["errors"]) == 2
+        assert all("world size 2" in e and "in_backward=False" in e for e in got["errors"])
