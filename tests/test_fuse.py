@@ -128,3 +128,106 @@ def test_exported_and_rejects_non_modules():
     assert fused_linreg.fuse is fuse and "fuse" in fused_linreg.__all__
     with pytest.raises(TypeError, match="torch.nn.Module"):
         fuse(torch.randn(2))
+
+
+def _register(module, kind, calls):
+    """One hook of the given kind on module that records its calls; returns its handle."""
+    def record(*args, **kwargs):
+        calls.append(kind)
+    if kind == "forward":
+        return module.register_forward_hook(record)
+    if kind == "forward_with_kwargs":
+        return module.register_forward_hook(record, with_kwargs=True)
+    if kind == "forward_always_called":
+        return module.register_forward_hook(record, always_call=True)
+    if kind == "forward_pre":
+        return module.register_forward_pre_hook(record)
+    if kind == "forward_pre_with_kwargs":
+        return module.register_forward_pre_hook(record, with_kwargs=True)
+    if kind == "full_backward":
+        return module.register_full_backward_hook(record)
+    assert kind == "full_backward_pre"
+    return module.register_full_backward_pre_hook(record)
+
+
+HOOKS = ["forward", "forward_with_kwargs", "forward_always_called", "forward_pre",
+         "forward_pre_with_kwargs", "full_backward", "full_backward_pre"]
+
+
+def _one_step(model):
+    x = torch.randn(2, 3, requires_grad=True)
+    model(x).sum().backward()
+
+
+@pytest.mark.parametrize("kind", HOOKS)
+def test_inplace_hook_handles_still_remove_the_hooks(kind):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    calls = []
+    handle = _register(model[0], kind, calls)
+    fuse(model, inplace=True)
+    assert type(model[0]) is FusedLinear and type(model[1]) is nn.ReLU
+    _one_step(model)
+    assert calls == [kind]
+    handle.remove()
+    _one_step(model)
+    assert calls == [kind]
+    # Once the hook is gone, a new fuse() merges the layer with its ReLU.
+    assert type(fuse(model)[0]) is FusedLinearReLU
+
+
+@pytest.mark.parametrize("kind", HOOKS)
+def test_copy_keeps_the_hooks_that_handles_remove_from_the_original(kind):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    calls = []
+    handle = _register(model[0], kind, calls)
+    fused = fuse(model)
+    _one_step(fused)
+    assert calls == [kind]
+    # As with copy.deepcopy: the handle belongs to `model`; the copy has hooks of its own.
+    handle.remove()
+    _one_step(model)
+    assert calls == [kind]
+    _one_step(fused)
+    assert calls == [kind, kind]
+
+
+def test_hooks_of_a_root_linear_and_of_a_shared_layer():
+    calls = []
+    root = nn.Linear(3, 2)
+    handle = _register(root, "full_backward", calls)
+    fused = fuse(root, inplace=True)
+    _one_step(fused)
+    handle.remove()
+    _one_step(fused)
+    assert calls == ["full_backward"]
+
+    shared = nn.Linear(3, 3)
+    handle = _register(shared, "forward", calls)
+    model = fuse(nn.Sequential(shared, nn.Tanh(), shared), inplace=True)
+    _one_step(model)
+    assert calls == ["full_backward"] + ["forward"] * 2
+    handle.remove()
+    _one_step(model)
+    assert calls == ["full_backward"] + ["forward"] * 2
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_state_dict_hooks_stay_on_a_layer_merged_with_its_relu(inplace):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU())
+    calls = []
+    handles = [model[0].register_state_dict_pre_hook(lambda *a: calls.append("state_dict_pre")),
+               model[0].register_load_state_dict_post_hook(lambda *a: calls.append("load_post"))]
+    fused = fuse(model, inplace=inplace)
+    assert [type(m) for m in fused] == [FusedLinearReLU, nn.Identity] * 2  # these hooks see no output
+    fused.load_state_dict(fused.state_dict())
+    assert calls == ["state_dict_pre", "load_post"]
+    for handle in handles:
+        handle.remove()
+    fused.load_state_dict(fused.state_dict())
+    assert calls == ["state_dict_pre", "load_post"] * (1 if inplace else 2)
+
+
+def test_a_shared_layer_merged_twice_stays_one_module():
+    shared = nn.Linear(4, 4)
+    fused = fuse(nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU()))
+    assert type(fused[0]) is FusedLinearReLU and fused[0] is fused[2]
