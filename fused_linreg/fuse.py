@@ -4,7 +4,7 @@ from typing import Dict, TypeVar
 
 from torch import nn
 
-from fused_linreg.modules import FusedLinear, FusedLinearReLU
+from fused_linreg.modules import FusedLinear, FusedLinearReLU, computed_tensors, pruning_hooks
 
 __all__ = ["fuse"]
 
@@ -23,8 +23,16 @@ _HOOK_DICTS = tuple(name for name, value in vars(nn.Module()).items()
 
 
 def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+    """Hooks that would see something else if the module were merged with its neighbour. Pruning's
+    forward pre-hooks only set the masked weight, so they do not count."""
+    pre_hooks = len(module._forward_pre_hooks) - len(pruning_hooks(module))
+    return bool(module._forward_hooks or pre_hooks or module._backward_hooks
                 or getattr(module, "_backward_pre_hooks", None))
+
+
+def _fusable(module: nn.Module) -> bool:
+    """A Linear whose weight and bias are Parameters (or pruned ones): from_linear carries it over."""
+    return type(module) in _LINEARS and not computed_tensors(module)
 
 
 def _replacement(linear: nn.Module, cls: type, memo: Dict[tuple, nn.Module]) -> nn.Module:
@@ -51,17 +59,29 @@ def _fuse_children(module: nn.Module, memo: Dict[tuple, nn.Module], seen: set) -
         if child is None:
             continue
         following = module._modules[names[i + 1]] if i + 1 < len(names) else None
-        if (isinstance(module, nn.Sequential) and type(child) in _LINEARS
+        if (isinstance(module, nn.Sequential) and _fusable(child)
                 and type(following) is nn.ReLU
                 and not _has_hooks(child) and not _has_hooks(following)):
             # Linear then ReLU: one FusedLinearReLU on the same Parameters; the ReLU becomes an
             # Identity so that indices and state_dict keys stay as they were.
             module._modules[name] = _replacement(child, FusedLinearReLU, memo)
             module._modules[names[i + 1]] = nn.Identity()
-        elif type(child) is nn.Linear:
+        elif type(child) is nn.Linear and _fusable(child):
             module._modules[name] = _replacement(child, FusedLinear, memo)
         else:
             _fuse_children(child, memo, seen)
+
+
+def _deepcopy(model: M) -> M:
+    """``copy.deepcopy(model)``, also of a pruned model: the masked tensors that pruning keeps as
+    plain attributes are not graph leaves, which deepcopy refuses, so the copy gets them from its
+    own ``<name>_orig`` and ``<name>_mask``, as its pruning hooks do before every forward."""
+    pruned = [(m, hook) for m in model.modules() for hook in pruning_hooks(m)]
+    memo = {id(getattr(m, hook._tensor_name)): None for m, hook in pruned}
+    copied = copy.deepcopy(model, memo)
+    for m, hook in pruned:
+        memo[id(hook)](memo[id(m)], ())
+    return copied
 
 
 def fuse(model: M, inplace: bool = False) -> M:
@@ -86,6 +106,11 @@ def fuse(model: M, inplace: bool = False) -> M:
     with ``copy.deepcopy``: the old handles remove the hooks from ``model`` only, and the
     returned model keeps firing them.
 
+    A layer pruned with ``torch.nn.utils.prune`` is fused and stays pruned (same ``weight_orig``,
+    ``weight_mask`` and pruning hook, same ``state_dict`` keys). A Linear whose weight another
+    reparametrization computes (``weight_norm``, ``spectral_norm``, ``parametrize``) is left as it
+    is.
+
     >>> model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     >>> model = fused_linreg.fuse(model)
     >>> model
@@ -98,9 +123,9 @@ def fuse(model: M, inplace: bool = False) -> M:
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse expects a torch.nn.Module, got {type(model).__name__}")
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _deepcopy(model)
     memo: Dict[tuple, nn.Module] = {}
     if type(model) is nn.Linear:
-        return _replacement(model, FusedLinear, memo)
+        return _replacement(model, FusedLinear, memo) if _fusable(model) else model
     _fuse_children(model, memo, set())
     return model

@@ -4,6 +4,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 import fused_linreg
 from fused_linreg import FusedLinear, FusedLinearReLU, FusedSGD, fuse
@@ -231,3 +232,53 @@ def test_a_shared_layer_merged_twice_stays_one_module():
     shared = nn.Linear(4, 4)
     fused = fuse(nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU()))
     assert type(fused[0]) is FusedLinearReLU and fused[0] is fused[2]
+
+
+def make_pruned_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).double()
+    prune.global_unstructured([(model[0], "weight"), (model[2], "weight")],
+                              pruning_method=prune.L1Unstructured, amount=0.5)
+    prune.l1_unstructured(model[4], "bias", amount=1.0)
+    prune.l1_unstructured(model[4], "weight", amount=0.3)
+    return model
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_pruned_layers_are_fused_with_their_pruning(inplace):
+    ref = make_pruned_model()
+    model = make_pruned_model()
+    fused = fuse(model, inplace=inplace)
+    assert (fused is model) == inplace
+    # Pruning's pre-hooks only set the masked weight: the layers still merge with their ReLU.
+    assert [type(m) for m in fused] == [FusedLinearReLU, nn.Identity] * 2 + [FusedLinear]
+    assert list(fused.state_dict()) == list(ref.state_dict())
+    for name, value in ref.state_dict().items():
+        assert torch.equal(fused.state_dict()[name], value), name
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (fused, ref)]
+    for step in range(2):  # the second step sees the updated weight_orig, masked again
+        x = torch.randn(5, 3, dtype=torch.float64)
+        for m, opt in zip((fused, ref), opts):
+            opt.zero_grad()
+            m(x).square().sum().backward()
+            opt.step()
+        for (name, p), q in zip(ref.named_parameters(), fused.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-12, msg=name)
+        torch.testing.assert_close(fused(x), ref(x), rtol=1e-12, atol=1e-12)
+    assert not fused[4].bias.any()  # pruned to zero, and kept at zero by the mask
+    if not inplace:  # the original still works on its own Parameters
+        torch.testing.assert_close(model(x), make_pruned_model()(x), rtol=0, atol=0)
+    prune.remove(fused[0], "weight")
+    assert isinstance(fused[0].weight, nn.Parameter) and "0.weight" in fused.state_dict()
+
+
+def test_layers_with_other_reparametrizations_are_left_unfused():
+    with pytest.warns(FutureWarning):
+        normed = torch.nn.utils.weight_norm(nn.Linear(3, 4))
+    model = nn.Sequential(normed, nn.ReLU(), nn.utils.parametrizations.weight_norm(nn.Linear(4, 2)))
+    x = torch.randn(2, 3)
+    expected = model(x)
+    fuse(model, inplace=True)
+    assert model[0] is normed and type(model[1]) is nn.ReLU
+    assert not isinstance(model[2], FusedLinear)
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
