@@ -1,6 +1,7 @@
 """FusedLinear / FusedLinearReLU as drop-ins for nn.Linear (+ nn.ReLU): parameters, initialization,
 state_dict, repr, batch dims, from_linear."""
 import copy
+import io
 
 import pytest
 import torch
@@ -178,3 +179,21 @@ def test_deepcopy_and_requires_grad_false(cls):
     mod.requires_grad_(False)
     y = mod(torch.randn(2, 4))
     assert not y.requires_grad
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
+def test_torchscript_is_a_clear_error_that_points_to_compile_and_export(cls):
+    message = (rf"{cls.__name__} cannot be compiled by TorchScript \(torch.jit.script\).*"
+               r"torch.compile\(model\).*torch.export.export\(model, args\)")
+    with pytest.raises(NotImplementedError, match=message):
+        torch.jit.script(cls(3, 4))
+    nested = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.Tanh(), cls(4, 2)))
+    with pytest.raises(NotImplementedError, match=message):
+        torch.jit.script(nested)
+    # torch.export works on the same model, saved and loaded too (torch.compile: test_compile.py).
+    x = torch.randn(2, 3)
+    saved = io.BytesIO()
+    torch.export.save(torch.export.export(nested, (x,)), saved)
+    saved.seek(0)
+    assert_same(torch.export.load(saved).module()(x).detach(), nested(x).detach())
