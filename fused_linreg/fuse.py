@@ -4,7 +4,7 @@ from typing import Dict, TypeVar
 
 from torch import nn
 
-from fused_linreg.modules import FusedLinear, FusedLinearReLU
+from fused_linreg.modules import FusedLinear, FusedLinearReLU, computed_tensors, pruning_hooks
 
 __all__ = ["fuse"]
 
@@ -16,27 +16,40 @@ M = TypeVar("M", bound=nn.Module)
 _LINEARS = (nn.Linear, FusedLinear)
 
 
+# Every hook dict of a Module (forward, pre, backward, with_kwargs, state_dict, ...), as this
+# PyTorch version names them.
+_HOOK_DICTS = tuple(name for name, value in vars(nn.Module()).items()
+                    if "hook" in name and isinstance(value, dict))
+
+
 def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+    """Hooks that would see something else if the module were merged with its neighbour. Pruning's
+    forward pre-hooks only set the masked weight, so they do not count."""
+    pre_hooks = len(module._forward_pre_hooks) - len(pruning_hooks(module))
+    return bool(module._forward_hooks or pre_hooks or module._backward_hooks
                 or getattr(module, "_backward_pre_hooks", None))
 
 
-def _fused_linear(linear: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
-    """FusedLinear for a plain nn.Linear (one per instance, so shared layers stay shared)."""
-    if type(linear) is not nn.Linear:
-        return linear
-    if id(linear) not in memo:
-        fused = FusedLinear.from_linear(linear)
-        for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                     "_backward_pre_hooks", "_forward_hooks_with_kwargs",
-                     "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
-            if hasattr(linear, name):
-                setattr(fused, name, copy.copy(getattr(linear, name)))
-        memo[id(linear)] = fused
-    return memo[id(linear)]
+def _fusable(module: nn.Module) -> bool:
+    """A Linear whose weight and bias are Parameters (or pruned ones): from_linear carries it over."""
+    return type(module) in _LINEARS and not computed_tensors(module)
 
 
-def _fuse_children(module: nn.Module, memo: Dict[int, nn.Module], seen: set) -> None:
+def _replacement(linear: nn.Module, cls: type, memo: Dict[tuple, nn.Module]) -> nn.Module:
+    """``cls.from_linear(linear)`` with linear's hooks, one per instance and class (so shared
+    layers stay shared)."""
+    key = (id(linear), cls)
+    if key not in memo:
+        fused = cls.from_linear(linear)
+        # The very same hook dicts, not copies: a RemovableHandle holds a weakref to the dict it
+        # removes its hook from, so handles taken before fusing keep working on the fused layer.
+        for name in _HOOK_DICTS + ("_is_full_backward_hook",):
+            object.__setattr__(fused, name, getattr(linear, name))
+        memo[key] = fused
+    return memo[key]
+
+
+def _fuse_children(module: nn.Module, memo: Dict[tuple, nn.Module], seen: set) -> None:
     if id(module) in seen:
         return
     seen.add(id(module))
@@ -46,17 +59,29 @@ def _fuse_children(module: nn.Module, memo: Dict[int, nn.Module], seen: set) -> 
         if child is None:
             continue
         following = module._modules[names[i + 1]] if i + 1 < len(names) else None
-        if (isinstance(module, nn.Sequential) and type(child) in _LINEARS
+        if (isinstance(module, nn.Sequential) and _fusable(child)
                 and type(following) is nn.ReLU
                 and not _has_hooks(child) and not _has_hooks(following)):
             # Linear then ReLU: one FusedLinearReLU on the same Parameters; the ReLU becomes an
             # Identity so that indices and state_dict keys stay as they were.
-            module._modules[name] = FusedLinearReLU.from_linear(child)
+            module._modules[name] = _replacement(child, FusedLinearReLU, memo)
             module._modules[names[i + 1]] = nn.Identity()
-        elif type(child) is nn.Linear:
-            module._modules[name] = _fused_linear(child, memo)
+        elif type(child) is nn.Linear and _fusable(child):
+            module._modules[name] = _replacement(child, FusedLinear, memo)
         else:
             _fuse_children(child, memo, seen)
+
+
+def _deepcopy(model: M) -> M:
+    """``copy.deepcopy(model)``, also of a pruned model: the masked tensors that pruning keeps as
+    plain attributes are not graph leaves, which deepcopy refuses, so the copy gets them from its
+    own ``<name>_orig`` and ``<name>_mask``, as its pruning hooks do before every forward."""
+    pruned = [(m, hook) for m in model.modules() for hook in pruning_hooks(m)]
+    memo = {id(getattr(m, hook._tensor_name)): None for m, hook in pruned}
+    copied = copy.deepcopy(model, memo)
+    for m, hook in pruned:
+        memo[id(hook)](memo[id(m)], ())
+    return copied
 
 
 def fuse(model: M, inplace: bool = False) -> M:
@@ -74,6 +99,18 @@ def fuse(model: M, inplace: bool = False) -> M:
     ``nn.Linear`` comes back as a new :class:`FusedLinear` (on the same Parameters when
     ``inplace=True``).
 
+    A Linear keeps its hooks; one with forward or backward hooks is not merged with its ReLU
+    (they would see the ReLU's output and gradients instead of its own). With ``inplace=True``
+    the fused layer shares the Linear's hook dicts, so the handles returned when the hooks were
+    registered still remove them. With ``inplace=False`` the copy has copies of the hooks, as
+    with ``copy.deepcopy``: the old handles remove the hooks from ``model`` only, and the
+    returned model keeps firing them.
+
+    A layer pruned with ``torch.nn.utils.prune`` is fused and stays pruned (same ``weight_orig``,
+    ``weight_mask`` and pruning hook, same ``state_dict`` keys). A Linear whose weight another
+    reparametrization computes (``weight_norm``, ``spectral_norm``, ``parametrize``) is left as it
+    is.
+
     >>> model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     >>> model = fused_linreg.fuse(model)
     >>> model
@@ -86,9 +123,9 @@ def fuse(model: M, inplace: bool = False) -> M:
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse expects a torch.nn.Module, got {type(model).__name__}")
     if not inplace:
-        model = copy.deepcopy(model)
-    memo: Dict[int, nn.Module] = {}
+        model = _deepcopy(model)
+    memo: Dict[tuple, nn.Module] = {}
     if type(model) is nn.Linear:
-        return _fused_linear(model, memo)
+        return _replacement(model, FusedLinear, memo) if _fusable(model) else model
     _fuse_children(model, memo, set())
     return model

@@ -4,6 +4,7 @@ from typing import TypeVar
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize, prune
 
 from fused_linreg import functional as F
 
@@ -13,19 +14,70 @@ __all__ = ["FusedLinear", "FusedLinearReLU"]
 _Fused = TypeVar("_Fused", bound="_FusedLinearBase")
 
 
+def pruning_hooks(module: nn.Module) -> "list[prune.BasePruningMethod]":
+    """The torch.nn.utils.prune forward pre-hooks of ``module`` (they set the pruned tensor,
+    ``<name>_orig * <name>_mask``, before every forward)."""
+    return [h for h in module._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
+
+
+def computed_tensors(linear: nn.Linear) -> "list[str]":
+    """Which of weight and bias are neither a Parameter (or a None bias) nor set by pruning, but
+    computed by some other reparametrization (weight_norm, spectral_norm, parametrize, ...)."""
+    pruned = {hook._tensor_name for hook in pruning_hooks(linear)}
+    return [name for name in ("weight", "bias") if name not in linear._parameters and name not in pruned]
+
+
+def _computed_by(linear: nn.Linear, names: "list[str]") -> str:
+    """What computes the tensors ``names`` of ``linear``, for an error message."""
+    if parametrize.is_parametrized(linear):
+        return "torch.nn.utils.parametrize ({})".format(", ".join(
+            type(p).__name__ for name in names if parametrize.is_parametrized(linear, name)
+            for p in linear.parametrizations[name]))
+    return "forward pre-hooks ({})".format(", ".join(type(h).__name__ for h in linear._forward_pre_hooks.values()))
+
+
 class _FusedLinearBase(nn.Linear):
     @classmethod
     def from_linear(cls: "type[_Fused]", linear: nn.Linear) -> _Fused:
         """A fused layer that uses ``linear``'s own weight and bias Parameters (not copies), so
-        optimizers and state already holding them keep working."""
+        optimizers and state already holding them keep working.
+
+        A Linear pruned with ``torch.nn.utils.prune`` stays pruned: the fused layer gets its
+        ``weight_orig`` Parameter, ``weight_mask`` buffer and pruning forward pre-hook (the same
+        objects; likewise for a pruned bias), so its ``state_dict`` keys are the Linear's and
+        ``prune.remove`` works on it. A weight computed by another reparametrization
+        (``parametrizations.weight_norm``, ``spectral_norm``, ``parametrize``) is a TypeError:
+        ``fuse()`` leaves such layers as they are."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"{cls.__name__}.from_linear expects a torch.nn.Linear, got {type(linear).__name__}")
+        computed = computed_tensors(linear)
+        if computed:
+            how = _computed_by(linear, computed)
+            raise TypeError(
+                f"{cls.__name__}.from_linear: the Linear's {' and '.join(computed)} is not a Parameter "
+                f"but computed by {how}; only torch.nn.utils.prune is carried over. Remove the "
+                "reparametrization first (e.g. torch.nn.utils.parametrize.remove_parametrizations) "
+                "or keep this layer an nn.Linear")
         # Built on the meta device so that no weight is allocated or initialized twice.
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        module.weight = linear.weight
-        module.bias = linear.bias
+        # The Linear's own Parameters and buffers, in its order, so that state_dict keys match
+        # (with pruning: bias, weight_orig, weight_mask).
+        module._parameters = dict(linear._parameters)
+        module._buffers = dict(linear._buffers)
+        module._non_persistent_buffers_set = set(linear._non_persistent_buffers_set)
+        for hook in pruning_hooks(linear):
+            setattr(module, hook._tensor_name, getattr(linear, hook._tensor_name))
+            module.register_forward_pre_hook(hook)
         module.train(linear.training)
         return module
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling anything: the one place
+        # to say why, instead of a compiler error deep inside the in-backward optimizer code.
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot be compiled by TorchScript (torch.jit.script): its "
+            "kernels are called through Python code that TorchScript does not support. Use "
+            "torch.compile(model), or torch.export.export(model, args) for a graph to save and deploy")
 
 
 class FusedLinear(_FusedLinearBase):

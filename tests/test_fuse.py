@@ -4,6 +4,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 import fused_linreg
 from fused_linreg import FusedLinear, FusedLinearReLU, FusedSGD, fuse
@@ -128,3 +129,156 @@ def test_exported_and_rejects_non_modules():
     assert fused_linreg.fuse is fuse and "fuse" in fused_linreg.__all__
     with pytest.raises(TypeError, match="torch.nn.Module"):
         fuse(torch.randn(2))
+
+
+def _register(module, kind, calls):
+    """One hook of the given kind on module that records its calls; returns its handle."""
+    def record(*args, **kwargs):
+        calls.append(kind)
+    if kind == "forward":
+        return module.register_forward_hook(record)
+    if kind == "forward_with_kwargs":
+        return module.register_forward_hook(record, with_kwargs=True)
+    if kind == "forward_always_called":
+        return module.register_forward_hook(record, always_call=True)
+    if kind == "forward_pre":
+        return module.register_forward_pre_hook(record)
+    if kind == "forward_pre_with_kwargs":
+        return module.register_forward_pre_hook(record, with_kwargs=True)
+    if kind == "full_backward":
+        return module.register_full_backward_hook(record)
+    assert kind == "full_backward_pre"
+    return module.register_full_backward_pre_hook(record)
+
+
+HOOKS = ["forward", "forward_with_kwargs", "forward_always_called", "forward_pre",
+         "forward_pre_with_kwargs", "full_backward", "full_backward_pre"]
+
+
+def _one_step(model):
+    x = torch.randn(2, 3, requires_grad=True)
+    model(x).sum().backward()
+
+
+@pytest.mark.parametrize("kind", HOOKS)
+def test_inplace_hook_handles_still_remove_the_hooks(kind):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    calls = []
+    handle = _register(model[0], kind, calls)
+    fuse(model, inplace=True)
+    assert type(model[0]) is FusedLinear and type(model[1]) is nn.ReLU
+    _one_step(model)
+    assert calls == [kind]
+    handle.remove()
+    _one_step(model)
+    assert calls == [kind]
+    # Once the hook is gone, a new fuse() merges the layer with its ReLU.
+    assert type(fuse(model)[0]) is FusedLinearReLU
+
+
+@pytest.mark.parametrize("kind", HOOKS)
+def test_copy_keeps_the_hooks_that_handles_remove_from_the_original(kind):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    calls = []
+    handle = _register(model[0], kind, calls)
+    fused = fuse(model)
+    _one_step(fused)
+    assert calls == [kind]
+    # As with copy.deepcopy: the handle belongs to `model`; the copy has hooks of its own.
+    handle.remove()
+    _one_step(model)
+    assert calls == [kind]
+    _one_step(fused)
+    assert calls == [kind, kind]
+
+
+def test_hooks_of_a_root_linear_and_of_a_shared_layer():
+    calls = []
+    root = nn.Linear(3, 2)
+    handle = _register(root, "full_backward", calls)
+    fused = fuse(root, inplace=True)
+    _one_step(fused)
+    handle.remove()
+    _one_step(fused)
+    assert calls == ["full_backward"]
+
+    shared = nn.Linear(3, 3)
+    handle = _register(shared, "forward", calls)
+    model = fuse(nn.Sequential(shared, nn.Tanh(), shared), inplace=True)
+    _one_step(model)
+    assert calls == ["full_backward"] + ["forward"] * 2
+    handle.remove()
+    _one_step(model)
+    assert calls == ["full_backward"] + ["forward"] * 2
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_state_dict_hooks_stay_on_a_layer_merged_with_its_relu(inplace):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU())
+    calls = []
+    handles = [model[0].register_state_dict_pre_hook(lambda *a: calls.append("state_dict_pre")),
+               model[0].register_load_state_dict_post_hook(lambda *a: calls.append("load_post"))]
+    fused = fuse(model, inplace=inplace)
+    assert [type(m) for m in fused] == [FusedLinearReLU, nn.Identity] * 2  # these hooks see no output
+    fused.load_state_dict(fused.state_dict())
+    assert calls == ["state_dict_pre", "load_post"]
+    for handle in handles:
+        handle.remove()
+    fused.load_state_dict(fused.state_dict())
+    assert calls == ["state_dict_pre", "load_post"] * (1 if inplace else 2)
+
+
+def test_a_shared_layer_merged_twice_stays_one_module():
+    shared = nn.Linear(4, 4)
+    fused = fuse(nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU()))
+    assert type(fused[0]) is FusedLinearReLU and fused[0] is fused[2]
+
+
+def make_pruned_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).double()
+    prune.global_unstructured([(model[0], "weight"), (model[2], "weight")],
+                              pruning_method=prune.L1Unstructured, amount=0.5)
+    prune.l1_unstructured(model[4], "bias", amount=1.0)
+    prune.l1_unstructured(model[4], "weight", amount=0.3)
+    return model
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_pruned_layers_are_fused_with_their_pruning(inplace):
+    ref = make_pruned_model()
+    model = make_pruned_model()
+    fused = fuse(model, inplace=inplace)
+    assert (fused is model) == inplace
+    # Pruning's pre-hooks only set the masked weight: the layers still merge with their ReLU.
+    assert [type(m) for m in fused] == [FusedLinearReLU, nn.Identity] * 2 + [FusedLinear]
+    assert list(fused.state_dict()) == list(ref.state_dict())
+    for name, value in ref.state_dict().items():
+        assert torch.equal(fused.state_dict()[name], value), name
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (fused, ref)]
+    for step in range(2):  # the second step sees the updated weight_orig, masked again
+        x = torch.randn(5, 3, dtype=torch.float64)
+        for m, opt in zip((fused, ref), opts):
+            opt.zero_grad()
+            m(x).square().sum().backward()
+            opt.step()
+        for (name, p), q in zip(ref.named_parameters(), fused.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-12, msg=name)
+        torch.testing.assert_close(fused(x), ref(x), rtol=1e-12, atol=1e-12)
+    assert not fused[4].bias.any()  # pruned to zero, and kept at zero by the mask
+    if not inplace:  # the original still works on its own Parameters
+        torch.testing.assert_close(model(x), make_pruned_model()(x), rtol=0, atol=0)
+    prune.remove(fused[0], "weight")
+    assert isinstance(fused[0].weight, nn.Parameter) and "0.weight" in fused.state_dict()
+
+
+def test_layers_with_other_reparametrizations_are_left_unfused():
+    with pytest.warns(FutureWarning):
+        normed = torch.nn.utils.weight_norm(nn.Linear(3, 4))
+    model = nn.Sequential(normed, nn.ReLU(), nn.utils.parametrizations.weight_norm(nn.Linear(4, 2)))
+    x = torch.randn(2, 3)
+    expected = model(x)
+    fuse(model, inplace=True)
+    assert model[0] is normed and type(model[1]) is nn.ReLU
+    assert not isinstance(model[2], FusedLinear)
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)

@@ -1,10 +1,12 @@
 """FusedLinear / FusedLinearReLU as drop-ins for nn.Linear (+ nn.ReLU): parameters, initialization,
 state_dict, repr, batch dims, from_linear."""
 import copy
+import io
 
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrizations, prune
 
 import fused_linreg
 from conftest import assert_close, assert_same, exact_randn, make_generator
@@ -112,6 +114,57 @@ def test_from_linear_shares_parameters(cls, bias):
     assert_same(mod.weight.detach(), linear.weight.detach())
 
 
+def _pruned_linear(how):
+    torch.manual_seed(0)
+    linear = nn.Linear(6, 5, dtype=torch.float64)
+    prune.l1_unstructured(linear, "weight", amount=0.4)
+    if how == "twice_and_bias":  # a PruningContainer on the weight, and a pruned bias
+        prune.ln_structured(linear, "weight", amount=0.4, n=2, dim=0)
+        prune.random_unstructured(linear, "bias", amount=0.4)
+    return linear
+
+
+@pytest.mark.parametrize("how", ["weight", "twice_and_bias"])
+@pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
+def test_from_linear_carries_pruning_over(cls, how):
+    linear = _pruned_linear(how)
+    mod = cls.from_linear(linear)
+    ref = reference_module(cls, linear)
+    assert list(mod.state_dict()) == list(linear.state_dict())
+    for name, value in linear.state_dict().items():
+        assert_same(mod.state_dict()[name], value, name)
+    assert [p for p in mod.parameters()] == [p for p in linear.parameters()]
+    assert mod.weight_orig is linear.weight_orig and mod.weight_mask is linear.weight_mask
+    params = list(linear.parameters())
+    opt = torch.optim.SGD(params, lr=0.5)
+    for step in range(2):  # the second forward sees the stepped weight_orig, masked again
+        x = torch.randn(4, 6, dtype=torch.float64)
+        y, y_ref = mod(x), ref(x)
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+        grads = torch.autograd.grad(y.square().sum(), params)
+        grads_ref = torch.autograd.grad(y_ref.square().sum(), params)
+        torch.testing.assert_close(grads, grads_ref, rtol=1e-12, atol=1e-12)
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+    assert not mod.weight[linear.weight_mask == 0].any() and mod.weight.grad_fn is not None
+    prune.remove(mod, "weight")
+    assert isinstance(mod.weight, nn.Parameter) and "weight_mask" not in mod.state_dict()
+
+
+def test_from_linear_rejects_weights_computed_by_other_reparametrizations():
+    linear = parametrizations.weight_norm(nn.Linear(3, 2))
+    with pytest.raises(TypeError, match=r"FusedLinear.from_linear: the Linear's weight is not a "
+                                        r"Parameter but computed by torch.nn.utils.parametrize "
+                                        r"\(_WeightNorm\); only torch.nn.utils.prune"):
+        fused_linreg.FusedLinear.from_linear(linear)
+    with pytest.warns(FutureWarning):
+        old_style = torch.nn.utils.weight_norm(nn.Linear(3, 2))
+    with pytest.raises(TypeError, match=r"FusedLinearReLU.from_linear: the Linear's weight is not a "
+                                        r"Parameter but computed by forward pre-hooks \(WeightNorm\)"):
+        fused_linreg.FusedLinearReLU.from_linear(old_style)
+
+
 def test_from_linear_rejects_other_modules():
     with pytest.raises(TypeError, match="nn.Linear"):
         fused_linreg.FusedLinear.from_linear(nn.Conv1d(3, 3, 1))
@@ -126,3 +179,21 @@ def test_deepcopy_and_requires_grad_false(cls):
     mod.requires_grad_(False)
     y = mod(torch.randn(2, 4))
     assert not y.requires_grad
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
+def test_torchscript_is_a_clear_error_that_points_to_compile_and_export(cls):
+    message = (rf"{cls.__name__} cannot be compiled by TorchScript \(torch.jit.script\).*"
+               r"torch.compile\(model\).*torch.export.export\(model, args\)")
+    with pytest.raises(NotImplementedError, match=message):
+        torch.jit.script(cls(3, 4))
+    nested = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.Tanh(), cls(4, 2)))
+    with pytest.raises(NotImplementedError, match=message):
+        torch.jit.script(nested)
+    # torch.export works on the same model, saved and loaded too (torch.compile: test_compile.py).
+    x = torch.randn(2, 3)
+    saved = io.BytesIO()
+    torch.export.save(torch.export.export(nested, (x,)), saved)
+    saved.seek(0)
+    assert_same(torch.export.load(saved).module()(x).detach(), nested(x).detach())
