@@ -1,9 +1,24 @@
-// Autograd for the two forward operators, in C++: a training step pays no Python per layer.
-// The backward of either is the linear_backward operator over what the forward saved: input,
-// weight and (for linear+ReLU) the bitmask, never the output.
+// Autograd for the fused_linreg operators, in C++: a training step pays no Python per layer.
+//
+// The nodes are plain autograd Nodes, as PyTorch's own operators have, not torch::autograd::
+// Function (which functorch refuses): torch.func.grad / jacrev / vjp / jvp / jacfwd then work
+// through the dispatcher's functorch layers as they do for any aten operator. Every derivative is
+// computed by the fused_linreg operators called through the dispatcher, so under create_graph (or
+// a functorch transform) it records its own nodes and is differentiable in turn.
+//
+// With y = m * (x W^T + b) (m the ReLU bitmask, all ones for the plain linear; constant almost
+// everywhere, so it has no derivative) and g = dL/dy, gm = m * g:
+//   backward (linear_backward):      gx = gm W,   gW = gm^T x,   gb = sum over rows of gm
+//   its backward, given ggx, ggW, ggb:
+//     d/dg = m * (ggx W^T + x ggW^T + ggb),   d/dx = gm ggW,   d/dW = gm^T ggx
+//   tangents (forward mode):         ty = m * (tx W^T + x tW^T + tb); linear_backward's is the
+//                                    same pair of products with g, x, W each replaced by theirs.
+// The backward saves input, weight and (for linear+ReLU) the bitmask, never the output.
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
-#include <torch/autograd.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
 #include "ops.h"
@@ -11,148 +26,264 @@
 namespace fused_linreg {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
 template <typename Signature> c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
-at::Tensor linear_forward_below_autograd(const at::Tensor& input, const at::Tensor& weight,
-                                         const OptionalTensor& bias, bool relu) {
-  static const auto op =
-      find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const OptionalTensor&, bool)>(
-          "fused_linreg::linear_forward");
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return op.call(input, weight, bias, relu);
+using ForwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const OptionalTensor&, bool);
+using ReLUForwardOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                         const OptionalTensor&);
+using BackwardOp = LinearGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const OptionalTensor&, std::array<bool, 3>);
+
+const c10::TypedOperatorHandle<ForwardOp>& forward_op() {
+  static const auto op = find_op<ForwardOp>("fused_linreg::linear_forward");
+  return op;
+}
+const c10::TypedOperatorHandle<ReLUForwardOp>& relu_forward_op() {
+  static const auto op = find_op<ReLUForwardOp>("fused_linreg::linear_relu_forward");
+  return op;
+}
+const c10::TypedOperatorHandle<BackwardOp>& backward_op() {
+  static const auto op = find_op<BackwardOp>("fused_linreg::linear_backward");
+  return op;
 }
 
-std::tuple<at::Tensor, at::Tensor> linear_relu_forward_below_autograd(const at::Tensor& input,
-                                                                      const at::Tensor& weight,
-                                                                      const OptionalTensor& bias) {
-  static const auto op = find_op<std::tuple<at::Tensor, at::Tensor>(
-      const at::Tensor&, const at::Tensor&, const OptionalTensor&)>("fused_linreg::linear_relu_forward");
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return op.call(input, weight, bias);
+at::Tensor value(const OptionalTensor& t) { return t.has_value() ? *t : at::Tensor(); }
+OptionalTensor optional(const at::Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
+
+// a + b, an undefined tensor being zero.
+at::Tensor add_defined(const at::Tensor& a, const at::Tensor& b) {
+  if (!a.defined()) return b;
+  if (!b.defined()) return a;
+  return a + b;
 }
 
-void save_for_backward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                       const OptionalTensor& bias, const at::Tensor& relu_mask) {
-  ctx->save_for_backward({input, weight, relu_mask});
-  ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-}
+// ---- the derivatives, all made of the operators themselves (with their autograd) ----------------
 
-// Gradients for (input, weight, bias), only those that are needed.
-variable_list linear_backward(AutogradContext* ctx, const at::Tensor& grad_output) {
-  static const auto op = find_op<LinearGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                             const OptionalTensor&, std::array<bool, 3>)>(
-      "fused_linreg::linear_backward");
-  const variable_list saved = ctx->get_saved_variables();
-  const bool has_bias = ctx->saved_data["has_bias"].toBool();
-  const std::array<bool, 3> output_mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                        has_bias && ctx->needs_input_grad(2)};
-  // An undefined grad_output (no gradient reached the output) is zero: so are the gradients.
-  if (!grad_output.defined() || (!output_mask[0] && !output_mask[1] && !output_mask[2]))
-    return {at::Tensor(), at::Tensor(), at::Tensor()};
-  const OptionalTensor relu_mask = saved[2].defined() ? OptionalTensor(saved[2]) : std::nullopt;
-  auto [grad_input, grad_weight, grad_bias] =
-      op.call(grad_output, saved[0], saved[1], relu_mask, output_mask);
-  auto value = [](const OptionalTensor& t) { return t.has_value() ? *t : at::Tensor(); };
-  return {value(grad_input), value(grad_weight), value(grad_bias)};
-}
-
-struct LinearFunction : torch::autograd::Function<LinearFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                            const OptionalTensor& bias) {
-    save_for_backward(ctx, input, weight, bias, at::Tensor());
-    return linear_forward_below_autograd(input, weight, bias, /*relu=*/false);
+// x W^T + b, the derivative of the linear in the direction (dx, dW, db) at (x, W); each direction
+// may be undefined (zero). `shape` is the output's, for a bias-only direction.
+at::Tensor linear_derivative(const at::Tensor& x, const at::Tensor& w, const at::Tensor& dx,
+                             const at::Tensor& dw, const at::Tensor& db, at::IntArrayRef shape) {
+  at::Tensor out;
+  OptionalTensor bias = optional(db);
+  if (dx.defined()) {
+    out = forward_op().call(dx, w, bias, false);
+    bias.reset();
   }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return linear_backward(ctx, grads[0]);
+  if (dw.defined()) {
+    out = add_defined(out, forward_op().call(x, dw, bias, false));
+    bias.reset();
+  }
+  return bias.has_value() ? bias->expand(shape) : out;
+}
+
+// z where the ReLU bitmask is set, 0 elsewhere (z itself for the plain linear).
+at::Tensor apply_relu_mask(const at::Tensor& z, const OptionalTensor& mask) {
+  if (!mask.has_value() || !z.defined()) return z;
+  // Bit j of a mask row is bit j % 8 of its byte j / 8.
+  const at::Tensor shifts = at::arange(8, mask->options());
+  const at::Tensor bits = mask->unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and(1).flatten(-2);
+  return z.masked_fill(bits.narrow(-1, 0, z.size(-1)).logical_not(), 0);
+}
+
+// (gm dW, gm^T dx), each only when wanted and its direction is defined (else undefined): one
+// linear_backward call with the directions in place of weight and input (an argument whose
+// product is not wanted only gives its shape).
+std::pair<at::Tensor, at::Tensor> masked_products(const at::Tensor& go, const at::Tensor& x,
+                                                  const at::Tensor& w, const OptionalTensor& mask,
+                                                  const at::Tensor& dx, const at::Tensor& dw,
+                                                  bool want_go_dw, bool want_go_dx) {
+  want_go_dw = want_go_dw && dw.defined();
+  want_go_dx = want_go_dx && dx.defined();
+  if (!want_go_dw && !want_go_dx) return {};
+  auto [go_dw, go_dx, unused] = backward_op().call(go, dx.defined() ? dx : x, dw.defined() ? dw : w,
+                                                   mask, {want_go_dw, want_go_dx, false});
+  return {value(go_dw), value(go_dx)};
+}
+
+// ---- forward mode -----------------------------------------------------------------------------
+
+bool has_tangent(const at::Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); }
+bool has_tangent(const OptionalTensor& t) { return t.has_value() && has_tangent(*t); }
+at::Tensor tangent(const at::Tensor& t) { return has_tangent(t) ? t._fw_grad(0) : at::Tensor(); }
+at::Tensor tangent(const OptionalTensor& t) { return t.has_value() ? tangent(*t) : at::Tensor(); }
+// The value without its tangent, so that computing a tangent records no tangent of its own.
+at::Tensor primal(const at::Tensor& t) { return has_tangent(t) ? t._fw_primal(0) : t; }
+
+void set_tangent(const at::Tensor& output, const at::Tensor& t) {
+  if (t.defined()) output._set_fw_grad(t, /*level=*/0, /*is_inplace_op=*/false);
+}
+
+// The output's tangent; with relu, `output` is the ReLU's (the mask is where it is positive).
+at::Tensor linear_tangent(const at::Tensor& x, const at::Tensor& w, const OptionalTensor& b,
+                          const at::Tensor& output, bool relu) {
+  const at::Tensor t = linear_derivative(primal(x), primal(w), tangent(x), tangent(w), tangent(b),
+                                         output.sizes());
+  return relu ? at::threshold_backward(t, output, 0) : t;
+}
+
+// ---- nodes ----------------------------------------------------------------------------------
+
+// The backward of linear_forward / linear_relu_forward: gradients for (input, weight, bias).
+struct FusedLinearBackward : torch::autograd::Node {
+  using Node::Node;
+  SavedVariable input_, weight_, relu_mask_;
+  bool relu_ = false;
+
+  std::string name() const override {
+    return relu_ ? "FusedLinearReLUBackward0" : "FusedLinearBackward0";
+  }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input_.reset_data();
+    weight_.reset_data();
+    relu_mask_.reset_data();
+  }
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    // Only what this backward pass asks for: torch.autograd.grad(y, x) computes no weight gradient.
+    const std::array<bool, 3> needed{task_should_compute_output(0), task_should_compute_output(1),
+                                     task_should_compute_output(2)};
+    // An undefined grad_output (no gradient reached the output) is zero: so are the gradients.
+    if (!grads[0].defined() || !(needed[0] || needed[1] || needed[2])) return variable_list(3);
+    auto [gx, gw, gb] = backward_op().call(grads[0], input_.unpack(), weight_.unpack(),
+                                           optional(relu_mask_.unpack()), needed);
+    return {value(gx), value(gw), value(gb)};
   }
 };
 
-struct LinearReLUFunction : torch::autograd::Function<LinearReLUFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
-                               const at::Tensor& weight, const OptionalTensor& bias) {
-    auto [output, relu_mask] = linear_relu_forward_below_autograd(input, weight, bias);
-    ctx->mark_non_differentiable({relu_mask});
-    // The mask gets no gradient: without this the engine would allocate and zero one for it.
-    ctx->set_materialize_grads(false);
-    save_for_backward(ctx, input, weight, bias, relu_mask);
-    return {output, relu_mask};
+// The backward of linear_backward: gradients for (grad_output, input, weight), given those of
+// (grad_input, grad_weight, grad_bias).
+struct FusedLinearBackwardBackward : torch::autograd::Node {
+  using Node::Node;
+  SavedVariable grad_output_, input_, weight_, relu_mask_;
+
+  std::string name() const override { return "FusedLinearBackwardBackward0"; }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    grad_output_.reset_data();
+    input_.reset_data();
+    weight_.reset_data();
+    relu_mask_.reset_data();
   }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return linear_backward(ctx, grads[0]);
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const at::Tensor &ggx = grads[0], &ggw = grads[1], &ggb = grads[2];
+    const at::Tensor go = grad_output_.unpack(), x = input_.unpack(), w = weight_.unpack();
+    const OptionalTensor mask = optional(relu_mask_.unpack());
+    variable_list out(3);
+    if (task_should_compute_output(0))
+      out[0] = apply_relu_mask(linear_derivative(x, w, ggx, ggw, ggb, go.sizes()), mask);
+    std::tie(out[1], out[2]) = masked_products(go, x, w, mask, ggx, ggw, task_should_compute_output(1),
+                                               task_should_compute_output(2));
+    return out;
   }
 };
 
-// The backward operator is not differentiable. Under create_graph=True its results get a node
-// that raises when a second derivative reaches it, instead of coming back silently unused.
-struct LinearBackwardFunction : torch::autograd::Function<LinearBackwardFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output,
-                               const at::Tensor& input, const at::Tensor& weight,
-                               const OptionalTensor& relu_mask, std::array<bool, 3> output_mask) {
-    static const auto op = find_op<LinearGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                               const OptionalTensor&, std::array<bool, 3>)>(
-        "fused_linreg::linear_backward");
+// ---- the autograd kernels ---------------------------------------------------------------------
+
+c10::intrusive_ptr<FusedLinearBackward> make_linear_node(const at::Tensor& input,
+                                                         const at::Tensor& weight,
+                                                         const OptionalTensor& bias) {
+  auto node = c10::make_intrusive<FusedLinearBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias));
+  node->input_ = SavedVariable(input, /*is_output=*/false);
+  node->weight_ = SavedVariable(weight, /*is_output=*/false);
+  return node;
+}
+
+// Either forward operator: (output, mask), the mask made only for linear_relu_forward (with_mask)
+// or for a ReLU whose backward will need it.
+std::tuple<at::Tensor, at::Tensor> forward_autograd(const at::Tensor& input, const at::Tensor& weight,
+                                                    const OptionalTensor& bias, bool relu,
+                                                    bool with_mask) {
+  const bool grad = torch::autograd::compute_requires_grad(input, weight, bias);
+  const bool tangents = has_tangent(input) || has_tangent(weight) || has_tangent(bias);
+  const bool make_mask = with_mask || (relu && grad);
+  const auto below_autograd = [&]() -> std::tuple<at::Tensor, at::Tensor> {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [grad_input, grad_weight, grad_bias] = op.call(grad_output, input, weight, relu_mask, output_mask);
-    // Only the computed gradients are outputs (a node cannot have undefined outputs).
-    variable_list computed;
-    for (const OptionalTensor& t : {grad_input, grad_weight, grad_bias})
-      if (t.has_value()) computed.push_back(*t);
-    return computed;
-  }
-  static variable_list backward(AutogradContext*, variable_list) {
-    TORCH_CHECK(false,
-                "fused_linreg: the fused linear layers are not twice differentiable (a second "
-                "derivative through their backward is not supported)");
-  }
-};
-
-LinearGrads linear_backward_autograd(const at::Tensor& grad_output, const at::Tensor& input,
-                                     const at::Tensor& weight, const OptionalTensor& relu_mask,
-                                     std::array<bool, 3> output_mask) {
-  const variable_list computed =
-      LinearBackwardFunction::apply(grad_output, input, weight, relu_mask, output_mask);
-  std::array<OptionalTensor, 3> grads;
-  size_t next = 0;
-  for (size_t i = 0; i < 3; ++i)
-    if (output_mask[i]) grads[i] = computed.at(next++);
-  return {grads[0], grads[1], grads[2]};
-}
-
-// Inference and frozen layers skip the autograd Function (its node and saved-tensor set-up are a
-// large part of a small layer's cost). Forward-mode AD and functorch transforms do not: the
-// Function refuses them with an error, where skipping it would drop their tangents silently.
-bool needs_autograd_function(const at::Tensor& input, const at::Tensor& weight,
-                             const OptionalTensor& bias) {
-  // Any functorch transform in progress keeps its back-mode key in the thread's included set.
-  if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerBackMode))
-    return true;
-  const auto involved = [](const at::Tensor& t) {
-    return (at::GradMode::is_enabled() && t.requires_grad()) || t._fw_grad(/*level=*/0).defined();
+    if (make_mask) return relu_forward_op().call(input, weight, bias);
+    return {forward_op().call(input, weight, bias, relu), at::Tensor()};
   };
-  return involved(input) || involved(weight) || (bias.has_value() && involved(*bias));
+  // Inference and frozen layers make no node (its set-up is a large part of a small layer's cost).
+  if (!grad && !tangents) return below_autograd();
+  const auto node = grad ? make_linear_node(input, weight, bias) : nullptr;
+  auto [output, relu_mask] = below_autograd();
+  if (node) {
+    node->relu_ = relu;
+    // The mask gets no history (it is not differentiable), so the engine never makes or
+    // zero-fills a gradient for it.
+    node->relu_mask_ = SavedVariable(relu_mask, /*is_output=*/false);
+    torch::autograd::set_history(output, node);
+  }
+  if (tangents) set_tangent(output, linear_tangent(input, weight, bias, output, relu));
+  return std::make_tuple(output, relu_mask);
 }
 
 at::Tensor linear_forward_autograd(const at::Tensor& input, const at::Tensor& weight,
                                    const OptionalTensor& bias, bool relu) {
-  if (!needs_autograd_function(input, weight, bias))
-    return linear_forward_below_autograd(input, weight, bias, relu);
-  // The backward of a ReLU needs its bitmask: the linear+ReLU operator makes and keeps it.
-  if (relu) return LinearReLUFunction::apply(input, weight, bias)[0];
-  return LinearFunction::apply(input, weight, bias);
+  return std::get<0>(forward_autograd(input, weight, bias, relu, /*with_mask=*/false));
 }
 
 std::tuple<at::Tensor, at::Tensor> linear_relu_forward_autograd(const at::Tensor& input,
                                                                 const at::Tensor& weight,
                                                                 const OptionalTensor& bias) {
-  if (!needs_autograd_function(input, weight, bias))
-    return linear_relu_forward_below_autograd(input, weight, bias);
-  auto outputs = LinearReLUFunction::apply(input, weight, bias);
-  return std::make_tuple(outputs[0], outputs[1]);
+  return forward_autograd(input, weight, bias, /*relu=*/true, /*with_mask=*/true);
+}
+
+LinearGrads linear_backward_autograd(const at::Tensor& grad_output, const at::Tensor& input,
+                                     const at::Tensor& weight, const OptionalTensor& relu_mask,
+                                     std::array<bool, 3> output_mask) {
+  // grad_input depends on grad_output and weight, grad_weight on grad_output and input.
+  using torch::autograd::compute_requires_grad;
+  const bool grad = compute_requires_grad(grad_output) ||
+                    (output_mask[0] && compute_requires_grad(weight)) ||
+                    (output_mask[1] && compute_requires_grad(input));
+  const bool tangents = has_tangent(grad_output) || has_tangent(input) || has_tangent(weight);
+  c10::intrusive_ptr<FusedLinearBackwardBackward> node;
+  if (grad) {
+    node = c10::make_intrusive<FusedLinearBackwardBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(grad_output, input, weight));
+    node->grad_output_ = SavedVariable(grad_output, /*is_output=*/false);
+    node->input_ = SavedVariable(input, /*is_output=*/false);
+    node->weight_ = SavedVariable(weight, /*is_output=*/false);
+    node->relu_mask_ = SavedVariable(relu_mask, /*is_output=*/false);
+  }
+  LinearGrads grads = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return backward_op().call(grad_output, input, weight, relu_mask, output_mask);
+  }();
+  auto& [gx, gw, gb] = grads;
+  if (node) {
+    for (const OptionalTensor* g : {&gx, &gw, &gb}) {
+      if (g->has_value())
+        torch::autograd::set_history(**g, node);
+      else
+        node->add_input_metadata(torch::autograd::Node::undefined_input());
+    }
+  }
+  if (tangents) {
+    const at::Tensor go = primal(grad_output), x = primal(input), w = primal(weight);
+    const at::Tensor tgo = tangent(grad_output);
+    std::array<at::Tensor, 3> t;
+    if (tgo.defined()) {
+      auto [a, b, c] = backward_op().call(tgo, x, w, relu_mask, output_mask);
+      t = {value(a), value(b), value(c)};
+    }
+    auto [go_tw, go_tx] = masked_products(go, x, w, relu_mask, tangent(input), tangent(weight),
+                                          output_mask[0], output_mask[1]);
+    t[0] = add_defined(t[0], go_tw);
+    t[1] = add_defined(t[1], go_tx);
+    for (size_t i = 0; i < 3; ++i) {
+      const OptionalTensor& g = i == 0 ? gx : i == 1 ? gw : gb;
+      if (g.has_value()) set_tangent(*g, t[i]);
+    }
+  }
+  return grads;
 }
 
 }  // namespace

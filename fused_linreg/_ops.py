@@ -61,8 +61,61 @@ def _sgd_step_fake(params, grads, momentum_buffers, init_momentum_buffers, lr, m
     return None
 
 
-# Autograd for linear_forward / linear_relu_forward is registered in C++ (csrc/autograd.cpp), so
-# that a training step pays no Python per layer.
+# Autograd (every derivative, of any order, reverse and forward mode) is registered in C++
+# (csrc/autograd.cpp), so that a training step pays no Python per layer.
+
+
+# ---- vmap rules: torch.vmap, and the transforms built on it (jacrev, jacfwd, hessian, per-sample --
+# ---- gradients). PyTorch's generic fallback cannot batch linear_backward (optional outputs) ------
+
+
+def _batch_first(t, dim, batch_size):
+    """``t`` with the vmapped dimension first; an unbatched tensor expanded to it (no copy)."""
+    if t is None:
+        return None
+    return t.movedim(dim, 0) if dim is not None else t.expand(batch_size, *t.shape)
+
+
+def _per_sample(op, info, in_dims, args):
+    """The op once per vmapped sample, results stacked (each output batched at dim 0)."""
+    def sample(i):
+        return [a.select(d, i) if isinstance(a, torch.Tensor) and d is not None else a
+                for a, d in zip(args, in_dims)]
+    outs = [op(*sample(i)) for i in range(info.batch_size)]
+    if isinstance(outs[0], torch.Tensor):
+        return torch.stack(outs), 0
+    stacked = tuple(None if o[0] is None else torch.stack(o) for o in zip(*outs))
+    return stacked, tuple(None if o is None else 0 for o in stacked)
+
+
+@torch.library.register_vmap("fused_linreg::linear_forward")
+def _linear_forward_vmap(info, in_dims, input, weight, bias, relu=False):
+    x_dim, w_dim, b_dim = in_dims[:3]
+    if w_dim is None and b_dim is None:  # the vmapped samples are more rows: one call
+        return ops.linear_forward(_batch_first(input, x_dim, info.batch_size), weight, bias, relu), 0
+    return _per_sample(ops.linear_forward, info, in_dims, (input, weight, bias, relu))
+
+
+@torch.library.register_vmap("fused_linreg::linear_relu_forward")
+def _linear_relu_forward_vmap(info, in_dims, input, weight, bias):
+    x_dim, w_dim, b_dim = in_dims
+    if w_dim is None and b_dim is None:
+        return ops.linear_relu_forward(_batch_first(input, x_dim, info.batch_size), weight, bias), (0, 0)
+    return _per_sample(ops.linear_relu_forward, info, in_dims, (input, weight, bias))
+
+
+@torch.library.register_vmap("fused_linreg::linear_backward")
+def _linear_backward_vmap(info, in_dims, grad_output, input, weight, relu_mask, output_mask):
+    go_dim, x_dim, w_dim, mask_dim = in_dims[:4]
+    # grad_input alone is row by row: the vmapped samples are more rows. The weight and bias
+    # gradients sum over rows, so they take one call per sample.
+    if w_dim is None and not output_mask[1] and not output_mask[2]:
+        n = info.batch_size
+        gi, _, _ = ops.linear_backward(_batch_first(grad_output, go_dim, n), _batch_first(input, x_dim, n),
+                                       weight, _batch_first(relu_mask, mask_dim, n), output_mask)
+        return (gi, None, None), (None if gi is None else 0, None, None)
+    return _per_sample(ops.linear_backward, info, in_dims,
+                       (grad_output, input, weight, relu_mask, output_mask))
 
 
 # ---- a clear error instead of a dispatcher message when CUDA kernels were not built -----------

@@ -1,8 +1,11 @@
 """Public autograd functions: ``LinearFunction.apply(x, W, b)`` and ``LinearReLUFunction.apply(x, W, b)``.
 
 The autograd nodes are C++ (csrc/autograd.cpp), registered as the autograd kernels of
-torch.ops.fused_linreg.linear_forward / linear_relu_forward: these classes are their public face,
-with ``torch.autograd.Function``'s calling convention. The backward is defined once, there.
+torch.ops.fused_linreg.linear_forward / linear_relu_forward / linear_backward: these classes are
+their public face, with ``torch.autograd.Function``'s calling convention. Every derivative is
+defined once, there, from the same operators, so it can be differentiated again: double backward,
+``torch.autograd.functional.hessian``, forward mode (``forward_ad``) and the ``torch.func``
+transforms (grad, vjp, jacrev, jvp, jacfwd, hessian; vmap through fused_linreg/_ops.py's rules).
 """
 from typing import Optional
 
