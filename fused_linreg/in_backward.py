@@ -64,7 +64,18 @@ def controller_for(weight: torch.Tensor) -> Optional["InBackwardSGD"]:
     if (_live_optimizers == 0 or not torch.is_grad_enabled() or not weight.requires_grad
             or torch._C._are_functorch_transforms_active()):
         return None
-    return _owner(weight)
+    controller = _owner(weight)
+    # A weight the update kernel cannot take takes the ordinary path (step() updates it): decided
+    # here, in the forward, because a refusal in the backward would come after later layers'
+    # updates.
+    if controller is None or not controller.owns(weight) or not controller.can_update(weight):
+        return None
+    return controller
+
+
+def _has_grad_hooks(p: torch.Tensor) -> bool:
+    """Whether hooks expect to see (and may change) this parameter's gradient."""
+    return bool(p._backward_hooks) or bool(getattr(p, "_post_accumulate_grad_hooks", None))
 
 
 def _refuse_distributed() -> None:
@@ -119,8 +130,14 @@ class InBackwardSGD:
         _live_optimizers += 1
         weakref.finalize(optimizer, _optimizer_gone)
         self._optimizer = weakref.ref(optimizer)
-        # Parameter -> whether its update in the backward was its first momentum step.
+        # Parameter -> (whether its update in the backward was its first momentum step, the
+        # options it was made with).
         self._updated: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        # Parameters that torch.optim.SGD would have a .grad for (updated in a backward since the
+        # last zero_grad(set_to_none=True)), and whether zero_grad() keeps zero gradients.
+        self._has_grad: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._zero_grad_keeps_zeros = False
+        self._zeroed_since_step = False
         self._pending: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._groups_key = None
         self._group_index: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -136,35 +153,95 @@ class InBackwardSGD:
         return self._optimizer() is not None
 
     def owns(self, p: torch.Tensor) -> bool:
-        return _owner(p) is self
+        """Whether this optimizer steps ``p``: claimed by it and still in one of its param groups."""
+        return _owner(p) is self and self.group_of(p) is not None
+
+    def can_update(self, p: torch.Tensor) -> bool:
+        """Whether the update kernels can write ``p`` and its momentum buffer in place."""
+        if not p.is_contiguous():
+            return False
+        buf = self._optimizer().state.get(p, {}).get("momentum_buffer")
+        return buf is None or (buf.is_contiguous() and buf.dtype == p.dtype and buf.device == p.device
+                               and buf.shape == p.shape)
 
     def updated_since_step(self, p: torch.Tensor) -> bool:
         return p in self._updated
 
     def reset(self) -> None:
-        """Called by step(): this step's in-backward updates are done (or abandoned)."""
+        """Called by load_state_dict(): nothing of an earlier step is pending."""
         self._updated = WeakIdKeyDictionary()
         self._pending = WeakIdKeyDictionary()
 
+    def stepped(self) -> None:
+        """Called by step(): this step's in-backward updates are done."""
+        self.reset()
+        self._zeroed_since_step = False
+
+    def _mark_updated(self, p: torch.Tensor, first_momentum_step: bool, group: dict) -> None:
+        self._updated[p] = (first_momentum_step, _sgd_options(group))
+        self._has_grad[p] = True
+
+    # ---- zero_grad() and step() ----------------------------------------------------------------
+
+    def zero_grad(self, set_to_none: bool) -> None:
+        if self._updated:
+            raise RuntimeError(
+                f"FusedSGD(in_backward=True): zero_grad() after a backward that already updated "
+                f"{len(self._updated)} parameters inside the backward, with no step() in between. "
+                "torch.optim.SGD would discard that gradient (a backward through this model for "
+                "another model's loss, or a skipped step), but here it has been applied. Call "
+                "step() after every backward that reaches these parameters, or run such backwards "
+                "with torch.autograd.grad" + _USE_IN_BACKWARD_FALSE)
+        self._zero_grad_keeps_zeros = not set_to_none
+        self._zeroed_since_step = True
+        if set_to_none:
+            self._has_grad = WeakIdKeyDictionary()
+
+    def check_step(self) -> None:
+        """Raises, before step() changes anything, where the backward's updates cannot be
+        torch.optim.SGD's: the options of a param group changed after the backward had used them."""
+        for p, (_, used) in self._updated.items():
+            group = self.group_of(p)
+            if group is not None and _sgd_options(group) != used:
+                names = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+                changed = {n: (a, b) for n, a, b in zip(names, used, _sgd_options(group)) if a != b}
+                raise RuntimeError(
+                    "FusedSGD(in_backward=True): options of a param group changed between the "
+                    "backward and step() (" + ", ".join(f"{n} {a} -> {b}" for n, (a, b) in changed.items())
+                    + "); the update inside the backward already used the old values. Change "
+                    "them before the forward or after step()" + _USE_IN_BACKWARD_FALSE)
+
+    def zero_grads_to_step(self, group: dict) -> List[torch.Tensor]:
+        """Parameters of ``group`` that torch.optim.SGD would step with a zero gradient: kept by
+        zero_grad(set_to_none=False) although no backward reached them this time."""
+        if not self._zero_grad_keeps_zeros:
+            return []
+        return [p for p in group["params"]
+                if p.grad is None and p in self._has_grad and p not in self._updated]
+
     # ---- forward and backward of the fused layers ----------------------------------------------
 
-    def forward_started(self, weight: torch.Tensor) -> Optional[_PendingBackward]:
+    def forward_started(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Optional[_PendingBackward]:
         if torch._C._current_graph_task_id() != -1:
             # A forward inside a backward: activation checkpointing recomputing the layer. The
             # forward it recomputes is the one pending.
             return None
         _refuse_distributed()
-        previous = self._pending.get(weight)
-        previous = previous() if previous is not None else None
-        if previous is not None and not previous.finished:
-            raise RuntimeError(
-                "FusedSGD(in_backward=True): this fused layer's weight is used by a second forward "
-                "before the backward of the first has run (a weight shared by two layers, gradient "
-                "accumulation over micro-batches, or an evaluation forward outside torch.no_grad()). "
-                "In-backward SGD applies each update in its own backward, so each parameter may "
-                "take part in one forward per backward" + _USE_IN_BACKWARD_FALSE)
+        params = [weight] + ([bias] if bias is not None and self.owns(bias) else [])
+        for p in params:
+            previous = self._pending.get(p)
+            previous = previous() if previous is not None else None
+            if previous is not None and not previous.finished:
+                raise RuntimeError(
+                    f"FusedSGD(in_backward=True): a fused layer's {'weight' if p is weight else 'bias'} "
+                    f"(shape {list(p.shape)}) is used by a second forward before the backward of the "
+                    "first has run (a parameter shared by two layers, gradient accumulation over "
+                    "micro-batches, or an evaluation forward outside torch.no_grad()). In-backward "
+                    "SGD applies each update in its own backward, so each parameter may take part "
+                    "in one forward per backward" + _USE_IN_BACKWARD_FALSE)
         pending = _PendingBackward()
-        self._pending[weight] = weakref.ref(pending)
+        for p in params:
+            self._pending[p] = weakref.ref(pending)
         return pending
 
     def check_can_update(self, params: List[torch.Tensor]) -> None:
@@ -175,12 +252,18 @@ class InBackwardSGD:
                     "FusedSGD(in_backward=True): a second backward reached a parameter that was "
                     "already updated in an earlier backward since the last step(); gradient "
                     "accumulation over several backwards is not supported" + _USE_IN_BACKWARD_FALSE)
+            if p in self._has_grad and not self._zeroed_since_step:
+                raise RuntimeError(
+                    "FusedSGD(in_backward=True): a backward after step() without optimizer."
+                    "zero_grad() in between. torch.optim.SGD would add this gradient to the one "
+                    "still in .grad; the update inside the backward cannot, and it cannot see "
+                    "model.zero_grad(). Call optimizer.zero_grad() once per step" + _USE_IN_BACKWARD_FALSE)
         if not self._checked_grad_scaler:
             if _grad_scaler_in_use():
                 raise RuntimeError(_GRAD_SCALER_MESSAGE)
             self._checked_grad_scaler = True
 
-    def group_of(self, p: torch.Tensor) -> dict:
+    def group_of(self, p: torch.Tensor) -> Optional[dict]:
         groups = self._optimizer().param_groups
         # load_state_dict and add_param_group replace or add group dicts: index them again then.
         key = tuple((id(g), len(g["params"])) for g in groups)
@@ -190,7 +273,8 @@ class InBackwardSGD:
                 for q in group["params"]:
                     self._group_index[q] = i
             self._groups_key = key
-        return groups[self._group_index[p]]
+        index = self._group_index.get(p)
+        return groups[index] if index is not None else None
 
     def _momentum_buffer(self, p: torch.Tensor, momentum: float):
         """(buffer, is_new) in the optimizer's state, as torch.optim.SGD keeps it."""
@@ -207,7 +291,7 @@ class InBackwardSGD:
         buf, init = self._momentum_buffer(p, group["momentum"])
         ops.sgd_step_([p], [grad.to(p.dtype)], [buf] if buf is not None else [], [init] if buf is not None else [],
                       *_sgd_options(group))
-        self._updated[p] = init
+        self._mark_updated(p, init, group)
 
     def update(self, grad_output, input, weight_as_computed, relu_mask, weight, bias) -> None:
         """Applies SGD to ``weight`` and/or ``bias`` (either may be None) from this layer's gradient.
@@ -228,9 +312,9 @@ class InBackwardSGD:
             ops.linear_backward_sgd_(grad_output, input, weight, relu_mask,
                                      bias if bias_in_epilogue else None, weight_buf, bias_buf,
                                      init_weight, init_bias, *_sgd_options(weight_group))
-            self._updated[weight] = init_weight
+            self._mark_updated(weight, init_weight, weight_group)
             if bias_in_epilogue:
-                self._updated[bias] = init_bias
+                self._mark_updated(bias, init_bias, bias_group)
                 bias = None
             weight = None
         if weight is None and bias is None:
@@ -258,7 +342,7 @@ class InBackwardSGD:
         if momentum == 0:
             p.add_(g, alpha=-lr)
             return
-        first_step = self._updated[p]
+        first_step = self._updated[p][0]
         c = 1.0 if first_step else 1.0 - dampening
         self._optimizer().state[p]["momentum_buffer"].add_(g, alpha=c)
         p.add_(g, alpha=-lr * (1.0 + momentum * c if nesterov else c))
@@ -284,7 +368,7 @@ class LinearInBackwardSGD(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, bias, relu: bool, controller: InBackwardSGD):
-        ctx.pending = controller.forward_started(weight)
+        ctx.pending = controller.forward_started(weight, bias)
         # Under torch.autocast the layer computes in the autocast dtype, as nn.Linear does; the
         # update still goes to the parameters in their own dtype.
         x, w, b = cast_linear_args(input, weight, bias, input.device.type)
@@ -302,6 +386,12 @@ class LinearInBackwardSGD(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        if ctx.updated:
+            raise RuntimeError(
+                "FusedSGD(in_backward=True): a second backward (or torch.autograd.grad) through a "
+                "graph kept with retain_graph=True, whose first backward already updated this "
+                "layer's parameters: the gradients it asks for would use the new values"
+                + _USE_IN_BACKWARD_FALSE)
         x, w, relu_mask = ctx.saved_tensors
         weight, bias = ctx.params
         controller = ctx.controller
@@ -311,14 +401,14 @@ class LinearInBackwardSGD(torch.autograd.Function):
             routes = ["return", "return", "return" if bias is not None else "skip"]
         else:
             routes = [None, _engine_route(ctx, 1), _engine_route(ctx, 2) if bias is not None else "skip"]
-            if routes[2] == "accumulate" and not controller.owns(bias):
-                routes[2] = "return"  # a bias in another optimizer, or in none
+            for i, p in ((1, weight), (2, bias)):
+                # Ordinary gradients for a parameter in another optimizer or in none, one whose
+                # gradient hooks must see it, or one the kernels cannot update in place.
+                if routes[i] == "accumulate" and (not controller.owns(p) or _has_grad_hooks(p)
+                                                  or not controller.can_update(p)):
+                    routes[i] = "return"
         update = [p for p, r in ((weight, routes[1]), (bias, routes[2])) if r == "accumulate"]
         if update:
-            if ctx.updated:
-                raise RuntimeError(
-                    "FusedSGD(in_backward=True): second backward through a graph whose parameters "
-                    "were already updated (retain_graph)" + _USE_IN_BACKWARD_FALSE)
             controller.check_can_update(update)
         wanted = [ctx.needs_input_grad[0], routes[1] == "return" and ctx.needs_input_grad[1],
                   routes[2] == "return" and ctx.needs_input_grad[2]]

@@ -59,9 +59,20 @@ class FusedSGD(torch.optim.SGD):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        in_backward = state.pop("in_backward", False)
+        if "in_backward" not in state:
+            # Optimizer.load_state_dict: new state and groups for this very optimizer.
+            super().__setstate__(state)
+            if self._in_backward is not None:
+                self._in_backward.reset()
+            return
+        in_backward = state.pop("in_backward")
         super().__setstate__(state)
         self._in_backward = InBackwardSGD(self) if in_backward else None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if self._in_backward is not None:
+            self._in_backward.zero_grad(set_to_none)  # raises over updates no step() has taken
+        super().zero_grad(set_to_none)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)  # warns about a parameter listed twice
@@ -85,12 +96,18 @@ class FusedSGD(torch.optim.SGD):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        if self._in_backward is not None and (grad_scale is not None or found_inf is not None):
-            raise RuntimeError(_GRAD_SCALER_MESSAGE)
+        if self._in_backward is not None:
+            if grad_scale is not None or found_inf is not None:
+                raise RuntimeError(_GRAD_SCALER_MESSAGE)
+            self._in_backward.check_step()
+            for group in self.param_groups:
+                # torch.optim.SGD has a zero .grad for these, and steps them with it.
+                for p in self._in_backward.zero_grads_to_step(group):
+                    p.grad = torch.zeros_like(p)
         for group in self.param_groups:
             self._step_group(group, grad_scale, found_inf)
         if self._in_backward is not None:
-            self._in_backward.reset()
+            self._in_backward.stepped()
         return loss
 
     def _step_group(self, group, grad_scale, found_inf):

@@ -118,7 +118,8 @@ def test_gradient_accumulation_is_an_error():
     with pytest.raises(RuntimeError, match="gradient accumulation"):
         model(x).sum().backward()
     opt.step()
-    model(x).sum().backward()  # fine again after step()
+    opt.zero_grad()
+    model(x).sum().backward()  # fine again after step() and zero_grad()
 
 
 def test_two_forwards_before_backward_is_an_error():
@@ -160,6 +161,7 @@ def test_weight_gradient_never_materialised():
     x = torch.randn(32, 64, requires_grad=True)
     layer(x).sum().backward()  # the first step creates the momentum buffers
     opt.step()
+    opt.zero_grad()
     out = layer(x)
     created = []
 
@@ -394,6 +396,7 @@ def test_grad_scaler_seen_only_at_step_is_refused_there():
     opt = FusedSGD(model.parameters(), lr=0.1, in_backward=True)
     model(torch.randn(8, 13)).sum().backward()  # no scaler yet: an ordinary in-backward step
     opt.step()
+    opt.zero_grad()
     scaler = torch.amp.GradScaler("cpu")
     loss = model(torch.randn(8, 13)).sum()
     with pytest.raises(RuntimeError, match="GradScaler"):

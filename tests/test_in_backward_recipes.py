@@ -1,10 +1,11 @@
-"""Red-team findings on FusedSGD(in_backward=True), each against plain nn.Linear + torch.optim.SGD.
+"""FusedSGD(in_backward=True) in training recipes beyond the basic loop, against nn.Linear + torch.optim.SGD.
 
 The claim under test: every setup gives torch.optim.SGD's parameters (float64, ~1e-10 relative)
 or raises a clear error before any parameter changes. Each test here failed on the code it was
 written against; a fix may either make the setup match torch or refuse it before any change, so
 where refusal is a valid fix the tests accept a RuntimeError that leaves every parameter as it was.
 """
+import pytest
 import torch
 from torch import nn
 
@@ -203,38 +204,34 @@ def test_no_zero_grad_matches_torch_or_refuses():
 
 # ---- a backward of another model's loss through the in-backward layers ---------------------
 
-def test_actor_loss_through_in_backward_critic_leaves_critic_alone():
+@pytest.mark.parametrize("critic_zeroed_first", [False, True], ids=["no-zero-grad", "zero-grad"])
+def test_actor_loss_through_in_backward_critic_is_refused(critic_zeroed_first):
     """DDPG/GAN pattern: the actor's loss is -critic(s, actor(s)); torch accumulates the critic's
-    gradient and the next critic_opt.zero_grad() discards it. In-backward updates the critic with
-    the actor's objective (silent), and the next critic backward raises a misleading "gradient
-    accumulation" error. zero_grad() over updates no step() has taken is a point to refuse."""
+    gradient and the next critic_opt.zero_grad() discards it. In-backward cannot leave it alone:
+    without a critic zero_grad() since its step the actor's backward is refused before any change;
+    after one, the critic is updated in that backward and the zero_grad() that would discard the
+    gradient raises instead of passing silently."""
     s, a = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
     r = torch.randn(16, 1, dtype=torch.float64)
-    critics = []
-    for fused in (False, True):
-        torch.manual_seed(0)
-        actor = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).double()
-        critic = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1)).double()
-        if fused:
-            critic = fused_linreg.fuse(critic)
-        critics.append(critic)
-        actor_opt = torch.optim.SGD(actor.parameters(), lr=0.1)
-        critic_opt = (FusedSGD(critic.parameters(), lr=0.1, in_backward=True) if fused
-                      else torch.optim.SGD(critic.parameters(), lr=0.1))
+    torch.manual_seed(0)
+    actor = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).double()
+    critic = fused_linreg.fuse(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1)).double())
+    actor_opt = torch.optim.SGD(actor.parameters(), lr=0.1)
+    critic_opt = FusedSGD(critic.parameters(), lr=0.1, in_backward=True)
+    critic_opt.zero_grad()
+    nn.functional.mse_loss(critic(torch.cat([s, a], 1)), r).backward()
+    critic_opt.step()
+    after_critic_step = snapshot(critic)
+    actor_opt.zero_grad()
+    if critic_zeroed_first:
         critic_opt.zero_grad()
-        nn.functional.mse_loss(critic(torch.cat([s, a], 1)), r).backward()
-        critic_opt.step()
-        after_critic_step = snapshot(critic)
-        actor_opt.zero_grad()
         (-critic(torch.cat([s, actor(s)], 1)).mean()).backward()
-        actor_opt.step()
-        if fused:
-            try:
-                critic_opt.zero_grad()  # discards the critic's gradient, as torch does
-            except RuntimeError:
-                return
-            assert unchanged(critic, after_critic_step)
-    assert_same_params(critics[1], critics[0])
+        with pytest.raises(RuntimeError, match="zero_grad.*no step"):
+            critic_opt.zero_grad()
+    else:
+        with pytest.raises(RuntimeError, match="without optimizer.zero_grad"):
+            (-critic(torch.cat([s, actor(s)], 1)).mean()).backward()
+        assert unchanged(critic, after_critic_step)
 
 
 # ---- optimizer / model structure changed after construction --------------------------------
