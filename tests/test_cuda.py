@@ -1,9 +1,11 @@
 """The CUDA kernels against a float64 reference: every op, every dtype, shapes that are not
-multiples of any tile, transposed and expanded operands, split-K, NaN-poisoned outputs, the ReLU
-bitmask, deterministic gradients, SGD against torch.optim.SGD, and a training step captured in a
-CUDA graph (which also proves that no kernel synchronizes the host or leaves the current stream).
+multiples of any tile, transposed and expanded operands, rows of every alignment, split-K,
+NaN-poisoned outputs, the ReLU bitmask, deterministic gradients, TF32 as torch's settings say, SGD
+against torch.optim.SGD, and a training step captured in a CUDA graph (which also proves that no
+kernel synchronizes the host or leaves the current stream).
 
-The GPU tests skip without a GPU and a CUDA build; the first test runs on every build.
+The GPU tests skip without a GPU and a CUDA build; the tests under "every build" run on every
+build, the device-parametrized ones on the CPU and, with a GPU, on CUDA too.
 """
 import contextlib
 import copy
@@ -14,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import fused_linreg
-from conftest import OPS, assert_close
+from conftest import (OPS, assert_close, assert_linear_results_close, exact_randn, leaves,
+                      make_generator, run_both)
 from fused_linreg import FusedLinear, FusedLinearReLU, FusedSGD
 
 CUDA_BUILD = fused_linreg.build_info()["cuda"]
@@ -34,6 +37,82 @@ def test_every_op_has_a_cuda_kernel():
     assert len(OP_NAMES) >= 5, OP_NAMES
     for name in OP_NAMES:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fused_linreg::{name}", "CUDA"), name
+
+
+# A tensor whose sizes are all 1 counts as contiguous in PyTorch whatever its strides, and a size-1
+# dimension of any tensor may have any stride. Autograd hands such tensors over (the gradient of
+# a sum is a [1, 1] of strides (0, 0)), and so do slices of stepped views. The CPU kernels pack any
+# strides; the CUDA GEMM needs a unit-stride dimension, so both normalize those strides first.
+# (name, (M, N, K), strides of x [M, K], w [N, K], grad_output [M, N]; None: contiguous).
+SIZE_ONE_LAYOUTS = [
+    ("go_1x1_expanded", (1, 1, 5), None, None, (0, 0)),
+    ("go_1x1_stepped", (1, 1, 5), None, None, (12, 2)),
+    ("x_1x1_stepped", (1, 3, 1), (12, 2), None, None),
+    ("x_stepped_row", (1, 4, 9), (0, 2), None, None),
+    ("x_stepped_column", (7, 4, 1), (3, 5), None, None),
+    ("w_stepped_row", (6, 1, 9), None, (0, 3), None),
+    ("w_stepped_column", (6, 5, 1), None, (2, 7), None),
+    ("go_stepped_row", (1, 6, 4), None, None, (0, 3)),
+    ("go_stepped_column", (6, 1, 4), None, None, (2, 9)),
+    ("all_1x1", (1, 1, 1), (5, 3), (0, 0), (7, 7)),
+]
+
+
+def exact_strided(shape, strides, dtype, device, generator):
+    """Exact random values of `shape` laid out with `strides` (contiguous when None)."""
+    if strides is None:
+        return exact_randn(*shape, dtype=dtype, device=device, generator=generator)
+    span = 1 + sum((n - 1) * s for n, s in zip(shape, strides))
+    storage = exact_randn(span, dtype=dtype, device=device, generator=generator)
+    return storage.as_strided(shape, strides)
+
+
+@pytest.mark.parametrize("op", ["linear", "linear_relu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", SIZE_ONE_LAYOUTS, ids=lambda c: c[0])
+def test_size_one_dimensions_with_any_strides(layout, dtype, op, device):
+    _, (M, N, K), x_strides, w_strides, go_strides = layout
+    g = make_generator(M * 100 + N * 10 + K)
+    x = exact_strided((M, K), x_strides, dtype, device, g)
+    w = exact_strided((N, K), w_strides, dtype, device, g)
+    b = exact_randn(N, dtype=dtype, device=device, generator=g)
+    go = exact_strided((M, N), go_strides, dtype, device, g)
+    assert x.stride() == (x_strides or x.stride()) and go.stride() == (go_strides or go.stride())
+    fused, ref = run_both(op, x, w, b, go)
+    assert_linear_results_close(fused, ref, x, w, b, go, dtype, what=layout[0])
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", ["1d_input", "one_row", "1x1_of_a_stepped_view"])
+def test_size_one_dimensions_from_autograd(case, dtype, relu, device):
+    """One output feature and .sum().backward(): the gradient reaching the backward is a
+    [1, 1] expanded from a scalar (strides (0, 0)); and a 1 x 1 slice of a stepped view
+    (strides (12, 2)) as the input."""
+    g = make_generator(11)
+    x, features = {
+        "1d_input": lambda: (exact_randn(5, generator=g), (5, 1)),
+        "one_row": lambda: (exact_randn(1, 5, generator=g), (5, 1)),
+        "1x1_of_a_stepped_view": lambda: (exact_randn(6, 6, generator=g)[::2, ::2][:1, :1], (1, 3)),
+    }[case]()
+    module = (FusedLinearReLU if relu else FusedLinear)(*features)
+    with torch.no_grad():
+        module.weight.copy_(exact_randn(*module.weight.shape, generator=g))
+        module.bias.copy_(exact_randn(*module.bias.shape, generator=g))
+    module = module.to(device, dtype)
+    plain = nn.Linear(*features).to(device, dtype)
+    plain.load_state_dict(module.state_dict())
+    results = []
+    for forward, layer in ((module, module), (lambda t: F.relu(plain(t)) if relu else plain(t),
+                                               plain)):
+        (xl,) = leaves(x.to(device, dtype))
+        assert xl.stride() == x.stride()
+        y = forward(xl)
+        y.sum().backward()
+        results.append((y.detach(), xl.grad, layer.weight.grad, layer.bias.grad))
+    assert_linear_results_close(*results, x.to(device, dtype), module.weight.detach(),
+                                module.bias.detach(), torch.ones_like(results[1][0]), dtype,
+                                what=case)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -165,21 +244,100 @@ def test_random_shapes(dtype):
 
 @GPU
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_operand_layouts(dtype):
-    """Transposed views are read in place (both unit-stride layouts of each operand), other
-    layouts are copied; a stepped view gives rows that are not 16-byte aligned."""
+@pytest.mark.parametrize("dtype,tf32", MATH)
+def test_operand_layouts(dtype, tf32):
+    """Transposed views are read in place (both unit-stride layouts of each operand: every
+    fragment layout of the tensor-core loads and both orientations of the ReLU mask against the
+    staged tile), other layouts are copied; a stepped view gives rows that are not 16-byte
+    aligned."""
     x, w, b, go = random_operands(70, 90, 110, dtype, seed=7)
     x_t = x.T.contiguous().T  # column-major input
     w_t = w.T.contiguous().T  # column-major weight, as a tied transposed weight is
     x_step = torch.empty(70, 220, dtype=dtype, device="cuda")[:, ::2]  # no unit stride: copied
     x_step.copy_(x)
     x_offset = torch.cat([x.new_zeros(70, 1), x], 1)[:, 1:]  # rows start 1 element in
-    for xv, wv in [(x_t, w), (x, w_t), (x_t, w_t), (x_step, w), (x_offset, w)]:
-        assert torch.equal(xv, x) and torch.equal(wv, w)
-        check_forward_backward(xv, wv, b, go)
-    check_forward_backward(x, w, b, go.T.contiguous().T)  # column-major grad_output
-    check_forward_backward(x, w, b, torch.ones(1, 1, dtype=dtype, device="cuda").expand(70, 90))
+    with tf32_matmuls(tf32):
+        for xv, wv in [(x_t, w), (x, w_t), (x_t, w_t), (x_step, w), (x_offset, w)]:
+            assert torch.equal(xv, x) and torch.equal(wv, w)
+            check_forward_backward(xv, wv, b, go)
+        go_t = go.T.contiguous().T  # column-major grad_output
+        check_forward_backward(x, w, b, go_t)
+        check_forward_backward(x_t, w_t, b, go_t)
+        check_forward_backward(x, w, b, torch.ones(1, 1, dtype=dtype, device="cuda").expand(70, 90))
+
+
+def with_row_alignment(t, alignment, transposed, offset):
+    """A view equal to the 2-D `t` whose rows (columns when `transposed`: the view is the
+    transpose of a row-major buffer) are `alignment` bytes apart modulo 16, starting `offset`
+    elements into a fresh buffer."""
+    rows, cols = t.T.shape if transposed else t.shape
+    element = t.element_size()
+    pitch = (cols * element + 15) // 16 * 16 // element + alignment % 16 // element
+    buffer = torch.full((offset + rows * pitch,), float("nan"), dtype=t.dtype, device=t.device)
+    view = buffer[offset:].view(rows, pitch)[:, :cols]
+    view.copy_(t.T if transposed else t)
+    return view.T if transposed else view
+
+
+@GPU
+@pytest.mark.cuda
+@pytest.mark.parametrize("alignment", [16, 8, 4, 2], ids=lambda a: f"{a}-byte")
+@pytest.mark.parametrize("dtype,tf32", MATH)
+def test_row_alignments(dtype, tf32, alignment):
+    """Every operand with rows 16-, 8-, 4- or 2-byte aligned (the widest cp.async copy each
+    allows, or element copies), by their pitch or by the offset of their first element, in both
+    layouts; odd sizes, so that the last copy of a row is partly past its end."""
+    element = torch.empty(0, dtype=dtype).element_size()
+    if alignment < element:
+        pytest.skip(f"{dtype} rows are always {element}-byte aligned")
+    x, w, b, go = random_operands(71, 45, 37, dtype, seed=alignment)
+    with tf32_matmuls(tf32):
+        for transposed in (False, True):
+            for offset in sorted({0, alignment % 16 // element}):
+                pitch_alignment = 16 if offset else alignment
+                xv, wv, gov = (with_row_alignment(t, pitch_alignment, transposed, offset)
+                               for t in (x, w, go))
+                assert torch.equal(xv, x) and torch.equal(wv, w) and torch.equal(gov, go)
+                check_forward_backward(xv, wv, b, gov)
+
+
+@contextlib.contextmanager
+def restored_matmul_precision():
+    """Restores torch's float32 matmul settings through the legacy API, which sets the legacy
+    and the new state alike (torch refuses to read a mix of the two)."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@GPU
+@pytest.mark.cuda
+@pytest.mark.parametrize("setting", ["allow_tf32", "fp32_precision", "float32_matmul_precision"])
+def test_tf32_follows_torch_settings(setting):
+    """float32 runs on TF32 tensor cores exactly when torch's own matmuls would, whichever API
+    said so: TF32 results are off by more than float32 rounding (and within float16's), exact
+    FFMA results are not."""
+    x, w, b, _ = random_operands(64, 48, 256, torch.float32, seed=13)
+    x64, w64, b64 = x.double(), w.double(), b.double()
+    ref, scale = x64 @ w64.T + b64, x64.abs() @ w64.abs().T + b64.abs()
+    switch = {
+        "allow_tf32": lambda on: setattr(torch.backends.cuda.matmul, "allow_tf32", on),
+        "fp32_precision": lambda on: setattr(torch.backends.cuda.matmul, "fp32_precision",
+                                             "tf32" if on else "ieee"),
+        "float32_matmul_precision": lambda on: torch.set_float32_matmul_precision(
+            "high" if on else "highest"),
+    }[setting]
+    with restored_matmul_precision():
+        switch(True)
+        y = OPS.linear_forward(x, w, b)
+        assert_close(y, ref, torch.float16, scale=scale, terms=256, msg="TF32")
+        with pytest.raises(AssertionError):
+            assert_close(y, ref, torch.float32, scale=scale, terms=256)
+        switch(False)
+        y = OPS.linear_forward(x, w, b)
+        assert_close(y, ref, torch.float32, scale=scale, terms=256, msg="FFMA")
 
 
 @GPU
