@@ -5,6 +5,7 @@
 #include <c10/util/safe_numerics.h>
 
 #include <algorithm>
+#include <array>
 #include <ostream>
 #include <vector>
 
@@ -251,10 +252,22 @@ void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList 
 }
 
 at::Tensor as_rows(const at::Tensor& input) {
-  if (input.dim() == 2) return input;
+  if (input.dim() == 2) return with_size_one_strides_normalized(input);
   int64_t rows = 1;
   for (int64_t d = 0; d + 1 < input.dim(); ++d) rows *= input.size(d);
-  return input.reshape({rows, input.size(-1)});
+  return with_size_one_strides_normalized(input.reshape({rows, input.size(-1)}));
+}
+
+at::Tensor with_size_one_strides_normalized(const at::Tensor& t) {
+  TORCH_INTERNAL_ASSERT(t.dim() == 2, "expected a 2-D tensor, got shape ", t.sizes());
+  std::array<int64_t, 2> strides{t.stride(0), t.stride(1)};
+  for (int d = 0; d < 2; ++d) {
+    const int other = 1 - d;
+    if (t.size(d) > 1) continue;
+    strides[d] = strides[other] == 1 && t.size(other) > 1 ? t.size(other) : 1;
+  }
+  if (strides[0] == t.stride(0) && strides[1] == t.stride(1)) return t;
+  return t.as_strided(t.sizes(), strides);
 }
 
 std::vector<int64_t> rows_shape(const at::Tensor& input, int64_t last) {

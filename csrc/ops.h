@@ -31,8 +31,16 @@ void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList 
                     const c10::List<bool>& init_momentum_buffers, double momentum,
                     const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
 
-// The input viewed as 2-D rows [M, K]: a view whenever the leading dims allow one.
+// The input viewed as 2-D rows [M, K]: a view whenever the leading dims allow one, with the
+// strides of its size-1 dimensions normalized (with_size_one_strides_normalized).
 at::Tensor as_rows(const at::Tensor& input);
+// A 2-D tensor, as a view whose dimensions of size 0 or 1 have the stride a GEMM expects. PyTorch
+// gives them any stride (and calls a tensor of sizes 1 contiguous whatever its strides: the
+// gradient of a sum is a [1, 1] of strides (0, 0), a slice of a stepped view may have (12, 2)),
+// but kernels choose their layout from the strides. Such a dimension's stride becomes the other
+// dimension's size when the other has unit stride (a contiguous row or column), else 1 (it is then
+// the unit-stride dimension). A tensor without such a dimension is returned as it is.
+at::Tensor with_size_one_strides_normalized(const at::Tensor& t);
 // Shape of the output rows: input.shape[:-1] + [last].
 std::vector<int64_t> rows_shape(const at::Tensor& input, int64_t last);
 // Bytes per row of a ReLU bitmask over `n` outputs (padded to 32-bit words).

@@ -62,9 +62,11 @@ template <typename T> void run_gemm(const GemmArgs<T>& g, const at::TensorOption
 }
 
 // The GEMM stages each operand along a unit-stride dimension, so transposed views are read in
-// place; any other 2-D layout (e.g. an expanded grad_output with strides (0, 0)) is copied once.
+// place; any other 2-D layout (e.g. an expanded grad_output [M, N] with strides (0, 0)) is copied
+// once. A size-1 dimension has a unit stride once normalized, whatever PyTorch gave it.
 at::Tensor with_unit_stride(const at::Tensor& t) {
-  return t.stride(0) == 1 || t.stride(1) == 1 ? t : t.contiguous();
+  const at::Tensor n = with_size_one_strides_normalized(t);
+  return n.stride(0) == 1 || n.stride(1) == 1 ? n : n.contiguous();
 }
 
 // The ReLU mask as rows of 32-bit words, as the kernels read it: contiguous and 4-byte aligned
