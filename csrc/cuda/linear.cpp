@@ -5,6 +5,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include <type_traits>
 #include <vector>
@@ -29,10 +30,17 @@ template <typename F> void dispatch_dtype(at::ScalarType dtype, const char* op, 
 }
 
 // float32 runs on TF32 tensor cores exactly when PyTorch's own matmuls would
-// (torch.backends.cuda.matmul.allow_tf32 / torch.set_float32_matmul_precision), else exact FFMA.
+// (torch.backends.cuda.matmul.allow_tf32 or .fp32_precision, torch.set_float32_matmul_precision),
+// else exact FFMA. The per-backend precision is what torch's cuBLAS calls read since it exists
+// (2.10 at the latest); allowTF32CuBLAS(), the older API, throws there when the legacy and the new
+// setting disagree, as they do after only `fp32_precision = "tf32"`.
 bool tf32_allowed() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 10)
   return at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
          at::Float32Precision::TF32;
+#else
+  return at::globalContext().allowTF32CuBLAS();
+#endif
 }
 
 // Runs the GEMM on the current stream of the current device (set by the caller's guard). The
