@@ -17,7 +17,6 @@
 // range is staged as zeros, so the math never needs to know about tails.
 #pragma once
 #include <c10/cuda/CUDAException.h>
-#include <mma.h>
 
 #include <algorithm>
 #include <climits>
@@ -28,6 +27,7 @@
 #include "cuda/gemm.h"
 #include "cuda/numeric.cuh"
 #include "cuda/sgd_math.cuh"
+#include "cuda/tensor_core.cuh"
 
 namespace fused_linreg::cuda {
 
@@ -40,11 +40,14 @@ enum class Layout { kKMajor, kMNMajor };
 
 // A kMN x kK tile of an operand (A: m x k, B: n x k), stored as it lies in global memory: one
 // smem row per step of the strided dimension, each a run of elements that are contiguous in
-// global memory, padded by 16 bytes so that consecutive rows start in different banks.
+// global memory, padded so that consecutive rows start in different banks: by 16 bytes (the 8
+// rows of an ldmatrix then cover all 32 banks), by 32 for float M/N-major tiles, whose TF32
+// fragments are read element by element from 4 consecutive rows (8 words of each: 32 banks).
 template <typename T, Layout kLayout, int kMN, int kK> struct OperandTile {
   static constexpr int kRows = kLayout == Layout::kKMajor ? kMN : kK;
   static constexpr int kCols = kLayout == Layout::kKMajor ? kK : kMN;
-  static constexpr int kPitch = kCols + 16 / int(sizeof(T));
+  static constexpr int kPadBytes = sizeof(T) == 4 && kLayout == Layout::kMNMajor ? 32 : 16;
+  static constexpr int kPitch = kCols + kPadBytes / int(sizeof(T));
   static constexpr int kElements = kRows * kPitch;
   // WMMA fragments need 32-byte aligned addresses: keep every tile in the stage buffer aligned.
   static_assert(kElements * sizeof(T) % 128 == 0, "tiles must keep 128-byte alignment");
@@ -177,18 +180,6 @@ template <typename Acc> struct RowSum {
 // Math: multiplies one staged pair of tiles into per-thread accumulators, then stores them as a
 // row-major tile in shared memory for the epilogue. Both variants share that interface.
 
-namespace wmma = nvcuda::wmma;
-
-// WMMA input type and K step per element type: 16-bit types natively, float as TF32.
-template <typename T> struct WmmaInput {
-  using type = T;
-  static constexpr int kStep = 16;
-};
-template <> struct WmmaInput<float> {
-  using type = wmma::precision::tf32;
-  static constexpr int kStep = 8;
-};
-
 // A tile element (mn, k) lies at mn * pitch + k (K-major) or k * pitch + mn: for A (m x k) that
 // is row- / column-major, for B (k x n) column- / row-major.
 template <Layout kLayout>
@@ -198,19 +189,17 @@ template <Layout kLayout>
 using WmmaLayoutB =
     std::conditional_t<kLayout == Layout::kKMajor, wmma::col_major, wmma::row_major>;
 
-// Tensor cores: each warp owns a (kBlockM / kWarpsM) x (kBlockN / kWarpsN) part of the tile as
-// 16 x 16 fragments, accumulating in fp32.
+// Tensor cores on 16-bit types: each warp owns a (kBlockM / kWarpsM) x (kBlockN / kWarpsN) part
+// of the tile as 16 x 16 x 16 WMMA fragments, accumulating in fp32.
 template <class Cfg, Layout kA, Layout kB> struct WmmaMath {
   using T = typename Cfg::Element;
-  using Input = typename WmmaInput<T>::type;
   using TileA = OperandTile<T, kA, Cfg::kBlockM, Cfg::kBlockK>;
   using TileB = OperandTile<T, kB, Cfg::kBlockN, Cfg::kBlockK>;
-  static constexpr int kStep = WmmaInput<T>::kStep;
   static constexpr int kWarpM = Cfg::kBlockM / Cfg::kWarpsM, kWarpN = Cfg::kBlockN / Cfg::kWarpsN;
   static constexpr int kFragsM = kWarpM / 16, kFragsN = kWarpN / 16;
-  static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0 && Cfg::kBlockK % kStep == 0);
+  static_assert(sizeof(T) == 2 && kWarpM % 16 == 0 && kWarpN % 16 == 0 && Cfg::kBlockK % 16 == 0);
 
-  wmma::fragment<wmma::accumulator, 16, 16, kStep, float> acc[kFragsM][kFragsN];
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFragsM][kFragsN];
   int warp_m0, warp_n0;
 
   __device__ WmmaMath() {
@@ -223,29 +212,18 @@ template <class Cfg, Layout kA, Layout kB> struct WmmaMath {
       for (int j = 0; j < kFragsN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
   }
 
-  // TF32 inputs are rounded to nearest, as cuBLAS does (the hardware would truncate).
-  template <class Fragment> __device__ static void round_input(Fragment& f) {
-    if constexpr (std::is_same_v<Input, wmma::precision::tf32>) {
-#pragma unroll
-      for (int t = 0; t < f.num_elements; ++t) f.x[t] = wmma::__float_to_tf32(f.x[t]);
-    }
-  }
-
   __device__ void multiply(const T* a_tile, const T* b_tile) {
+    const uint32_t a_base = shared_address(a_tile), b_base = shared_address(b_tile);
 #pragma unroll
-    for (int kk = 0; kk < Cfg::kBlockK; kk += kStep) {
-      wmma::fragment<wmma::matrix_a, 16, 16, kStep, Input, WmmaLayoutA<kA>> a[kFragsM];
-      wmma::fragment<wmma::matrix_b, 16, 16, kStep, Input, WmmaLayoutB<kB>> b[kFragsN];
+    for (int kk = 0; kk < Cfg::kBlockK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, WmmaLayoutA<kA>> a[kFragsM];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, WmmaLayoutB<kB>> b[kFragsN];
 #pragma unroll
-      for (int i = 0; i < kFragsM; ++i) {
-        wmma::load_matrix_sync(a[i], a_tile + TileA::offset(warp_m0 + 16 * i, kk), TileA::kPitch);
-        round_input(a[i]);
-      }
+      for (int i = 0; i < kFragsM; ++i)
+        load_shared(a[i], a_base + TileA::offset(warp_m0 + 16 * i, kk) * sizeof(T), TileA::kPitch);
 #pragma unroll
-      for (int j = 0; j < kFragsN; ++j) {
-        wmma::load_matrix_sync(b[j], b_tile + TileB::offset(warp_n0 + 16 * j, kk), TileB::kPitch);
-        round_input(b[j]);
-      }
+      for (int j = 0; j < kFragsN; ++j)
+        load_shared(b[j], b_base + TileB::offset(warp_n0 + 16 * j, kk) * sizeof(T), TileB::kPitch);
 #pragma unroll
       for (int i = 0; i < kFragsM; ++i)
 #pragma unroll
@@ -254,12 +232,105 @@ template <class Cfg, Layout kA, Layout kB> struct WmmaMath {
   }
 
   __device__ void store(float* c_tile, int pitch) const {
+    const uint32_t base = shared_address(c_tile);
 #pragma unroll
     for (int i = 0; i < kFragsM; ++i)
 #pragma unroll
       for (int j = 0; j < kFragsN; ++j)
-        wmma::store_matrix_sync(c_tile + (warp_m0 + 16 * i) * pitch + warp_n0 + 16 * j, acc[i][j],
-                                pitch, wmma::mem_row_major);
+        store_shared(base + ((warp_m0 + 16 * i) * pitch + warp_n0 + 16 * j) * sizeof(float),
+                     acc[i][j], pitch);
+  }
+};
+
+// Tensor cores on float: TF32 mma.sync m16n8k8 (fragment layouts in tensor_core.cuh), each warp
+// owning a (kBlockM / kWarpsM) x (kBlockN / kWarpsN) part of the tile as 16 x 8 fragments. A
+// K-major operand is loaded with ldmatrix (a 16 x 8 A fragment, or two 8 x 8 B fragments, per
+// instruction); an M/N-major one element by element (conflict-free with that tile's pitch).
+template <class Cfg, Layout kA, Layout kB> struct Tf32Math {
+  using TileA = OperandTile<float, kA, Cfg::kBlockM, Cfg::kBlockK>;
+  using TileB = OperandTile<float, kB, Cfg::kBlockN, Cfg::kBlockK>;
+  static constexpr int kWarpM = Cfg::kBlockM / Cfg::kWarpsM, kWarpN = Cfg::kBlockN / Cfg::kWarpsN;
+  static constexpr int kFragsM = kWarpM / 16, kFragsN = kWarpN / 8;
+  static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0 && Cfg::kBlockK % 8 == 0);
+
+  float acc[kFragsM][kFragsN][4];
+  int warp_m0, warp_n0, lane;
+
+  __device__ Tf32Math() {
+    const int warp = threadIdx.x / 32;
+    lane = threadIdx.x % 32;
+    warp_m0 = warp / Cfg::kWarpsN * kWarpM;
+    warp_n0 = warp % Cfg::kWarpsN * kWarpN;
+#pragma unroll
+    for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+      for (int j = 0; j < kFragsN; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+  }
+
+  // The A fragment of rows m0..m0 + 15, k kk..kk + 7.
+  __device__ void load_a(uint32_t (&a)[4], uint32_t base, int m0, int kk) const {
+    if constexpr (kA == Layout::kKMajor) {  // matrices: rows +0 / +8, k +0 / +4
+      const int q = lane / 8;
+      ldmatrix_x4(a, base + TileA::offset(m0 + lane % 8 + 8 * (q % 2), kk + 4 * (q / 2)) * 4);
+    } else {
+      const int g = lane / 4, t = lane % 4;
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        a[r] = load_shared_u32(base + TileA::offset(m0 + g + 8 * (r % 2), kk + t + 4 * (r / 2)) * 4);
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) a[r] = round_to_tf32(a[r]);
+  }
+
+  // The B fragments of columns n0..n0 + 7 and n0 + 8..n0 + 15, k kk..kk + 7.
+  __device__ void load_b_pair(uint32_t (&b0)[2], uint32_t (&b1)[2], uint32_t base, int n0,
+                              int kk) const {
+    uint32_t r[4];
+    if constexpr (kB == Layout::kKMajor) {  // matrices: columns +0 / +8, k +0 / +4
+      const int q = lane / 8;
+      ldmatrix_x4(r, base + TileB::offset(n0 + lane % 8 + 8 * (q / 2), kk + 4 * (q % 2)) * 4);
+    } else {
+      const int g = lane / 4, t = lane % 4;
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        r[i] = load_shared_u32(base + TileB::offset(n0 + g + 8 * (i / 2), kk + t + 4 * (i % 2)) * 4);
+    }
+    b0[0] = round_to_tf32(r[0]);
+    b0[1] = round_to_tf32(r[1]);
+    b1[0] = round_to_tf32(r[2]);
+    b1[1] = round_to_tf32(r[3]);
+  }
+
+  __device__ void multiply(const float* a_tile, const float* b_tile) {
+    const uint32_t a_base = shared_address(a_tile), b_base = shared_address(b_tile);
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kBlockK; kk += 8) {
+      uint32_t a[kFragsM][4], b[kFragsN][2];
+#pragma unroll
+      for (int i = 0; i < kFragsM; ++i) load_a(a[i], a_base, warp_m0 + 16 * i, kk);
+#pragma unroll
+      for (int j = 0; j < kFragsN; j += 2) load_b_pair(b[j], b[j + 1], b_base, warp_n0 + 8 * j, kk);
+#pragma unroll
+      for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+        for (int j = 0; j < kFragsN; ++j) mma_tf32_m16n8k8(acc[i][j], a[i], b[j]);
+    }
+  }
+
+  __device__ void store(float* c_tile, int pitch) const {
+    const uint32_t base = shared_address(c_tile);
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+      for (int j = 0; j < kFragsN; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = warp_m0 + 16 * i + g + 8 * h, col = warp_n0 + 8 * j + 2 * t;
+          store_shared_f32x2(base + (row * pitch + col) * 4, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+        }
   }
 };
 
@@ -322,7 +393,9 @@ template <typename T> struct GemmConfig<T, MathMode::kTensorCore> {
   static constexpr int kWarpsM = 2, kWarpsN = 4, kThreads = 32 * kWarpsM * kWarpsN;
   static constexpr int kStages = sizeof(T) == 2 ? 4 : 3;
   static constexpr int kMinBlocksPerSM = sizeof(T) == 2 ? 2 : 1;  // 80 KiB each: two fit
-  template <Layout kA, Layout kB> using Math = WmmaMath<GemmConfig, kA, kB>;
+  template <Layout kA, Layout kB>
+  using Math = std::conditional_t<std::is_same_v<T, float>, Tf32Math<GemmConfig, kA, kB>,
+                                  WmmaMath<GemmConfig, kA, kB>>;
 };
 
 // 256 threads with 8 x 8 (float) or 4 x 4 (double) outputs each.
