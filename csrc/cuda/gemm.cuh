@@ -64,41 +64,55 @@ template <typename T> struct TileSource {
   int64_t ld;
   int64_t row0, rows;
   int64_t col0, cols;
-  bool vectorized;  // src and ld keep every row 16-byte aligned: whole-chunk copies
+  int copy_bytes;  // the widest copy every row's alignment allows (copy_bytes() on the host)
 };
 
-// Issues the copies of one tile into shared memory (asynchronous except for the rare 2-byte
-// unaligned case, which goes through registers). The caller commits and waits.
+// Issues the cp.async copies of one tile, kBytes each: runs of kBytes / sizeof(T) elements of a
+// row, zero-filled past its end.
+template <class Tile, int kThreads, int kBytes, typename T>
+__device__ __forceinline__ void stage_tile_copies(T* dst, const TileSource<T>& s) {
+  constexpr int kVec = kBytes / int(sizeof(T));
+  constexpr int kChunksPerRow = Tile::kCols / kVec;
+  constexpr int kChunks = Tile::kRows * kChunksPerRow;
+  static_assert(kVec >= 1 && Tile::kCols % kVec == 0 && kChunks % kThreads == 0,
+                "tiles must be whole copies, the same number for every thread");
+  // Unrolled by 4 at most: narrow copies are up to 16 per thread, whose addresses would
+  // otherwise all be live at once.
+#pragma unroll 4
+  for (int j = 0; j < kChunks / kThreads; ++j) {
+    const int i = threadIdx.x + j * kThreads;
+    const int r = i / kChunksPerRow, c = (i % kChunksPerRow) * kVec;
+    const int64_t row = s.row0 + r, col = s.col0 + c;
+    const int64_t in_row = std::min<int64_t>(std::max<int64_t>(s.cols - col, 0), kVec);
+    const int64_t valid = row < s.rows ? in_row : 0;
+    const T* src = valid > 0 ? s.src + row * s.ld + col : s.src;
+    cp_async<kBytes>(dst + r * Tile::kPitch + c, src, int(valid * int64_t(sizeof(T))));
+  }
+}
+
+// Issues the copies of one tile into shared memory: asynchronous, except for 16-bit rows that are
+// only 2-byte aligned (odd K, a slice one element in), copied through registers because cp.async
+// has no 2-byte form. The caller commits and waits.
 template <class Tile, int kThreads, typename T>
 __device__ __forceinline__ void stage_tile(T* dst, const TileSource<T>& s) {
-  if (s.vectorized) {
-    constexpr int kVec = 16 / int(sizeof(T));
-    constexpr int kChunksPerRow = Tile::kCols / kVec;
-    constexpr int kChunks = Tile::kRows * kChunksPerRow;
-    static_assert(Tile::kCols % kVec == 0 && kChunks % kThreads == 0,
-                  "tiles must be whole 16-byte chunks, the same number for every thread");
-#pragma unroll
-    for (int j = 0; j < kChunks / kThreads; ++j) {
-      const int i = threadIdx.x + j * kThreads;
-      const int r = i / kChunksPerRow, c = (i % kChunksPerRow) * kVec;
-      const int64_t row = s.row0 + r, col = s.col0 + c;
-      const int64_t in_row = std::min<int64_t>(std::max<int64_t>(s.cols - col, 0), kVec);
-      const int64_t valid = row < s.rows ? in_row : 0;
-      const T* src = valid > 0 ? s.src + row * s.ld + col : s.src;
-      cp_async_16(dst + r * Tile::kPitch + c, src, int(valid * int64_t(sizeof(T))));
-    }
-  } else {
-    constexpr int kCount = Tile::kRows * Tile::kCols;
-    for (int i = threadIdx.x; i < kCount; i += kThreads) {
-      const int r = i / Tile::kCols, c = i % Tile::kCols;
-      const int64_t row = s.row0 + r, col = s.col0 + c;
-      const bool valid = row < s.rows && col < s.cols;
-      const T* src = valid ? s.src + row * s.ld + col : s.src;
-      T* out = dst + r * Tile::kPitch + c;
-      if constexpr (sizeof(T) >= 4) {
-        cp_async_element<int(sizeof(T))>(out, src, valid);
-      } else {  // cp.async has no 2-byte form
-        *reinterpret_cast<uint16_t*>(out) = valid ? *reinterpret_cast<const uint16_t*>(src) : 0;
+  if (s.copy_bytes == 16) {
+    stage_tile_copies<Tile, kThreads, 16>(dst, s);
+  } else if (sizeof(T) == 8 || s.copy_bytes == 8) {
+    stage_tile_copies<Tile, kThreads, 8>(dst, s);
+  } else if constexpr (sizeof(T) == 4) {
+    stage_tile_copies<Tile, kThreads, 4>(dst, s);
+  } else if constexpr (sizeof(T) == 2) {
+    if (s.copy_bytes == 4) {
+      stage_tile_copies<Tile, kThreads, 4>(dst, s);
+    } else {
+      constexpr int kCount = Tile::kRows * Tile::kCols;
+      for (int i = threadIdx.x; i < kCount; i += kThreads) {
+        const int r = i / Tile::kCols, c = i % Tile::kCols;
+        const int64_t row = s.row0 + r, col = s.col0 + c;
+        const bool valid = row < s.rows && col < s.cols;
+        const T* src = valid ? s.src + row * s.ld + col : s.src;
+        *reinterpret_cast<uint16_t*>(dst + r * Tile::kPitch + c) =
+            valid ? *reinterpret_cast<const uint16_t*>(src) : 0;
       }
     }
   }
@@ -107,15 +121,15 @@ __device__ __forceinline__ void stage_tile(T* dst, const TileSource<T>& s) {
 // The tile of A at (m0, k0) and of B at (n0, k0), in the tile's own row/column terms.
 template <Layout kLayout, typename T>
 __device__ __forceinline__ TileSource<T> a_source(const GemmArgs<T>& g, int64_t m0, int64_t k0,
-                                                  bool vectorized) {
-  if constexpr (kLayout == Layout::kKMajor) return {g.a, g.a_rs, m0, g.M, k0, g.K, vectorized};
-  else return {g.a, g.a_cs, k0, g.K, m0, g.M, vectorized};
+                                                  int copy_bytes) {
+  if constexpr (kLayout == Layout::kKMajor) return {g.a, g.a_rs, m0, g.M, k0, g.K, copy_bytes};
+  else return {g.a, g.a_cs, k0, g.K, m0, g.M, copy_bytes};
 }
 template <Layout kLayout, typename T>
 __device__ __forceinline__ TileSource<T> b_source(const GemmArgs<T>& g, int64_t n0, int64_t k0,
-                                                  bool vectorized) {
-  if constexpr (kLayout == Layout::kKMajor) return {g.b, g.b_cs, n0, g.N, k0, g.K, vectorized};
-  else return {g.b, g.b_rs, k0, g.K, n0, g.N, vectorized};
+                                                  int copy_bytes) {
+  if constexpr (kLayout == Layout::kKMajor) return {g.b, g.b_cs, n0, g.N, k0, g.K, copy_bytes};
+  else return {g.b, g.b_rs, k0, g.K, n0, g.N, copy_bytes};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -426,7 +440,7 @@ template <typename Acc> struct GemmPlan {
   int64_t tiles_m = 0, tiles_n = 0;
   int64_t k_tiles = 0, k_tiles_per_split = 0;
   int splits = 1;
-  bool a_vectorized = false, b_vectorized = false;
+  int a_copy_bytes = 0, b_copy_bytes = 0;  // see copy_bytes()
   Acc* partials = nullptr;          // split-K: [splits][M][N]
   Acc* row_sum_partials = nullptr;  // split-K with row sums: [splits][M]
 };
@@ -533,10 +547,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocksPerSM)
   auto stage_k_tile = [&](int stage, int64_t kt) {
     T* a_tile = stages + stage * Smem::kStageElements;
     const int64_t k0 = kt * kBlockK;
-    stage_tile<TileA, Cfg::kThreads>(a_tile, a_source<kA>(g, m0, k0, plan.a_vectorized));
+    stage_tile<TileA, Cfg::kThreads>(a_tile, a_source<kA>(g, m0, k0, plan.a_copy_bytes));
     if (has_output)
       stage_tile<TileB, Cfg::kThreads>(a_tile + TileA::kElements,
-                                       b_source<kB>(g, n0, k0, plan.b_vectorized));
+                                       b_source<kB>(g, n0, k0, plan.b_copy_bytes));
   };
 
   typename Cfg::template Math<kA, kB> math;
@@ -613,8 +627,15 @@ __global__ void sum_split_partials_kernel(const GemmArgs<T> g, const GemmPlan<Ac
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-template <typename T> bool rows_16_byte_aligned(const T* p, int64_t ld) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && ld * int64_t(sizeof(T)) % 16 == 0;
+// The widest cp.async copy (16, 8 or 4 bytes) that every row of an operand allows, `rows` rows of
+// `ld` elements pitch from p: the first element and the pitch must be multiples of it (a single
+// row has no pitch). 2 for 16-bit rows that are only 2-byte aligned.
+template <typename T> int copy_bytes(const T* p, int64_t ld, int64_t rows) {
+  const uint64_t offsets =
+      reinterpret_cast<uintptr_t>(p) | (rows > 1 ? uint64_t(ld) * sizeof(T) : 0);
+  for (int bytes : {16, 8, 4})
+    if (offsets % bytes == 0) return bytes;
+  return 2;
 }
 
 template <class Cfg, Layout kA, Layout kB>
@@ -626,8 +647,8 @@ void launch_gemm_kernel(const GemmArgs<typename Cfg::Element>& g, GemmPlan<typen
               "-bit elements needs ", Smem::kBytes,
               " bytes of shared memory per block, this GPU offers ", context.max_shared_memory,
               " (the kernels are tuned for sm_80 and sm_90: A100, H100)");
-  plan.a_vectorized = rows_16_byte_aligned(g.a, kA == Layout::kKMajor ? g.a_rs : g.a_cs);
-  plan.b_vectorized = rows_16_byte_aligned(g.b, kB == Layout::kKMajor ? g.b_cs : g.b_rs);
+  plan.a_copy_bytes = kA == Layout::kKMajor ? copy_bytes(g.a, g.a_rs, g.M) : copy_bytes(g.a, g.a_cs, g.K);
+  plan.b_copy_bytes = kB == Layout::kKMajor ? copy_bytes(g.b, g.b_cs, g.N) : copy_bytes(g.b, g.b_rs, g.K);
   auto* kernel = &gemm_kernel<Cfg, kA, kB>;
   // Above 48 KiB, dynamic shared memory must be opted into (per kernel; cheap, no sync).
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
