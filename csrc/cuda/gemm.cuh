@@ -43,7 +43,8 @@ enum class Layout { kKMajor, kMNMajor };
 // global memory, padded so that consecutive rows start in different banks: by 16 bytes (the 8
 // rows of an ldmatrix then cover all 32 banks), by 32 for float M/N-major tiles, whose TF32
 // fragments are read element by element from 4 consecutive rows (8 words of each: 32 banks).
-template <typename T, Layout kLayout, int kMN, int kK> struct OperandTile {
+template <typename T, Layout kTileLayout, int kMN, int kK> struct OperandTile {
+  static constexpr Layout kLayout = kTileLayout;
   static constexpr int kRows = kLayout == Layout::kKMajor ? kMN : kK;
   static constexpr int kCols = kLayout == Layout::kKMajor ? kK : kMN;
   static constexpr int kPadBytes = sizeof(T) == 4 && kLayout == Layout::kMNMajor ? 32 : 16;
@@ -136,57 +137,97 @@ __device__ __forceinline__ TileSource<T> b_source(const GemmArgs<T>& g, int64_t 
 // Prologue on a staged tile of A: ReLU mask and bias-gradient row sums
 
 // Applies the ReLU mask in place to the staged tile of A at (m0, k0). One 32-bit mask word
-// covers 32 consecutive k of a row of A (or, transposed, 32 consecutive m of a column), so each
-// thread fetches one word and selects with it. A select, not a multiply: a NaN or inf gradient
-// where the ReLU was off becomes 0. Words wholly outside M or K are skipped (their elements are
-// zeros already, and the word itself may lie past the end of the mask).
+// covers 32 consecutive k of a row of A (or, transposed, 32 consecutive m of a column); each
+// thread takes a run of kRun bits of one word, kRun being the tile's elements per thread, so all
+// threads share the work. A select, not a multiply: a NaN or inf gradient where the ReLU was off
+// becomes 0. Where the word runs along the tile's contiguous dimension (grad_input's K-major A
+// with the forward's mask, grad_weight's M-major A with its transpose: the usual layouts), the
+// run is contiguous in shared memory and masked as 16-byte vectors; otherwise element by
+// element. Runs starting outside M or K are skipped (their elements are zeros already, and
+// their word may lie past the end of the mask).
 template <class Tile, int kBlockM, int kBlockK, int kThreads, typename T>
 __device__ __forceinline__ void apply_relu_mask(T* tile, const GemmArgs<T>& g, int64_t m0,
                                                 int64_t k0) {
+  constexpr int kRun = kBlockM * kBlockK / kThreads, kRunsPerWord = 32 / kRun;
   static_assert(kBlockM % 32 == 0 && kBlockK % 32 == 0, "mask words must not straddle tiles");
-  constexpr int kWords = kBlockM * kBlockK / 32;
-  for (int w = threadIdx.x; w < kWords; w += kThreads) {
-    int m, k;
-    int64_t mask_row, mask_word;
-    if (!g.a_mask_transposed) {  // bit (m, k): the word runs along k
-      m = w / (kBlockK / 32);
-      k = w % (kBlockK / 32) * 32;
-      if (m0 + m >= g.M || k0 + k >= g.K) continue;
-      mask_row = m0 + m;
-      mask_word = (k0 + k) / 32;
-    } else {  // bit (k, m): the word runs along m
-      k = w / (kBlockM / 32);
-      m = w % (kBlockM / 32) * 32;
-      if (k0 + k >= g.K || m0 + m >= g.M) continue;
-      mask_row = k0 + k;
-      mask_word = (m0 + m) / 32;
-    }
-    const uint32_t bits = g.a_mask[mask_row * g.a_mask_row_words + mask_word];
+  static_assert(32 % kRun == 0 && kRun * sizeof(T) % 16 == 0, "runs must be whole vectors");
+  const int w = threadIdx.x / kRunsPerWord, bit0 = threadIdx.x % kRunsPerWord * kRun;
+  const bool along_k = !g.a_mask_transposed;  // bit (m, k), else bit (k, m)
+  int m, k;
+  int64_t mask_row, mask_word;
+  if (along_k) {
+    m = w / (kBlockK / 32);
+    k = w % (kBlockK / 32) * 32;
+    mask_row = m0 + m;
+    mask_word = (k0 + k) / 32;
+    k += bit0;
+  } else {
+    k = w / (kBlockM / 32);
+    m = w % (kBlockM / 32) * 32;
+    mask_row = k0 + k;
+    mask_word = (m0 + m) / 32;
+    m += bit0;
+  }
+  if (m0 + m >= g.M || k0 + k >= g.K) return;
+  const uint32_t bits = g.a_mask[mask_row * g.a_mask_row_words + mask_word] >> bit0;
+  T* const run = tile + Tile::offset(m, k);
+  if (along_k == (Tile::kLayout == Layout::kKMajor)) {
 #pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      if ((bits >> j) & 1u) continue;
-      const int offset = g.a_mask_transposed ? Tile::offset(m + j, k) : Tile::offset(m, k + j);
-      tile[offset] = T{};
+    for (int v = 0; v < kRun * int(sizeof(T)) / 16; ++v) {
+      uint4 x = reinterpret_cast<const uint4*>(run)[v];
+      uint32_t* words = reinterpret_cast<uint32_t*>(&x);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int e = (v * 16 + q * 4) / int(sizeof(T));  // the word's (first) element
+        if constexpr (sizeof(T) == 2)
+          words[q] &= (bits >> e & 1u ? 0x0000FFFFu : 0u) | (bits >> (e + 1) & 1u ? 0xFFFF0000u : 0u);
+        else
+          words[q] &= bits >> e & 1u ? 0xFFFFFFFFu : 0u;
+      }
+      reinterpret_cast<uint4*>(run)[v] = x;
     }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kRun; ++j)
+      if (!((bits >> j) & 1u)) run[along_k ? Tile::offset(0, j) : Tile::offset(j, 0)] = T{};
   }
 }
 
-// A row of A' summed over the K tiles of a block, in a fixed order. Compensated (Kahan): a plain
-// running sum over millions of rows stops growing (float32 at 2^24 times the terms' size), where
-// PyTorch's reductions do not. An infinite sum drops the compensation, which would turn it NaN.
-template <typename Acc> struct RowSum {
+// A part of a row of A' summed over the K tiles of a block, in a fixed order: every thread
+// takes part t / kBlockM (kBlockK / kParts consecutive k) of row t % kBlockM of each staged
+// tile, so all threads share the work and the serial loads per thread are divided by kParts;
+// the parts are added in order when the block is done (parts_total). Compensated (Kahan): a
+// plain running sum over millions of rows stops growing (float32 at 2^24 times the terms'
+// size), where PyTorch's reductions do not. An infinite sum drops the compensation, which would
+// turn it NaN.
+template <typename Acc, int kBlockM, int kThreads> struct RowSum {
+  static constexpr int kParts = kThreads / kBlockM;
+  static_assert(kThreads % kBlockM == 0, "every row needs the same number of parts");
   Acc sum = 0, compensation = 0;
 
-  // Adds row `m` of the staged (masked) tile of A.
   template <class Tile, int kBlockK, typename T>
-  __device__ __forceinline__ void add_tile_row(const T* tile, int m) {
+  __device__ __forceinline__ void add_tile(const T* tile) {
+    constexpr int kLength = kBlockK / kParts;
+    const int m = threadIdx.x % kBlockM, k0 = threadIdx.x / kBlockM * kLength;
     Acc tile_sum = 0;
 #pragma unroll 8
-    for (int k = 0; k < kBlockK; ++k) tile_sum += to_acc(tile[Tile::offset(m, k)]);
+    for (int k = k0; k < k0 + kLength; ++k) tile_sum += to_acc(tile[Tile::offset(m, k)]);
     const Acc y = tile_sum - compensation;
     const Acc t = sum + y;
     compensation = isfinite(t) ? (t - sum) - y : Acc(0);
     sum = t;
+  }
+
+  // The sum of row threadIdx.x (< kBlockM): every thread stores its part into `parts`
+  // (kThreads elements of shared memory), then the first kBlockM add them. All threads call it.
+  __device__ __forceinline__ Acc parts_total(Acc* parts) const {
+    parts[threadIdx.x] = sum;
+    __syncthreads();
+    Acc total = 0;
+    if (threadIdx.x < kBlockM)
+#pragma unroll
+      for (int p = 0; p < kParts; ++p) total += parts[p * kBlockM + threadIdx.x];
+    return total;
   }
 };
 
@@ -427,10 +468,12 @@ template <class Cfg, Layout kA, Layout kB> struct GemmSharedMemory {
   using TileA = OperandTile<T, kA, Cfg::kBlockM, Cfg::kBlockK>;
   using TileB = OperandTile<T, kB, Cfg::kBlockN, Cfg::kBlockK>;
   static constexpr int kStageElements = TileA::kElements + TileB::kElements;
-  // The accumulator tile for the epilogue reuses the pipeline's buffers.
+  // The accumulator tile for the epilogue, then the parts of the row sums, reuse the pipeline's
+  // buffers.
   static constexpr int kOutputPitch = Cfg::kBlockN + 16 / int(sizeof(Acc));
+  static constexpr int kRowSumPartsOffset = Cfg::kBlockM * kOutputPitch * int(sizeof(Acc));
   static constexpr int kBytes = std::max<int>(Cfg::kStages * kStageElements * int(sizeof(T)),
-                                              Cfg::kBlockM * kOutputPitch * int(sizeof(Acc)));
+                                              kRowSumPartsOffset + Cfg::kThreads * int(sizeof(Acc)));
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -554,7 +597,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocksPerSM)
   };
 
   typename Cfg::template Math<kA, kB> math;
-  RowSum<Acc> row_sum;
+  RowSum<Acc, Cfg::kBlockM, Cfg::kThreads> row_sum;
 
   // Pipeline: k-tile i is staged in buffer i % kStages, kStages - 1 tiles ahead of its use.
   // Every iteration commits one (possibly empty) group, so "all but the newest kStages - 2
@@ -577,8 +620,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocksPerSM)
       apply_relu_mask<TileA, Cfg::kBlockM, kBlockK, Cfg::kThreads>(a_tile, g, m0, kt * kBlockK);
       __syncthreads();
     }
-    if (sums_rows && threadIdx.x < Cfg::kBlockM)
-      row_sum.template add_tile_row<TileA, kBlockK>(a_tile, threadIdx.x);
+    if (sums_rows) row_sum.template add_tile<TileA, kBlockK>(a_tile);
     if (has_output) math.multiply(a_tile, a_tile + TileA::kElements);
   }
   cp_async_wait<0>();
@@ -586,12 +628,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocksPerSM)
 
   Acc* const c_tile = reinterpret_cast<Acc*>(shared);
   math.store(c_tile, Smem::kOutputPitch);
-  if (sums_rows && threadIdx.x < Cfg::kBlockM && m0 + threadIdx.x < g.M) {
+  if (sums_rows) {  // uniform across the block
+    const Acc sum = row_sum.parts_total(reinterpret_cast<Acc*>(shared + Smem::kRowSumPartsOffset));
     const int64_t m = m0 + threadIdx.x;
-    if (plan.splits > 1)
-      plan.row_sum_partials[blockIdx.y * g.M + m] = row_sum.sum;
-    else
-      g.a_row_sums[m] = from_acc<T>(row_sum.sum);
+    if (threadIdx.x < Cfg::kBlockM && m < g.M) {
+      if (plan.splits > 1)
+        plan.row_sum_partials[blockIdx.y * g.M + m] = sum;
+      else
+        g.a_row_sums[m] = from_acc<T>(sum);
+    }
   }
   if (!has_output) return;
   __syncthreads();
