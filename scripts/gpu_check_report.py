@@ -1,11 +1,12 @@
 """The record of a scripts/gpu_check.sh run, in its output folder.
 
-    python scripts/gpu_check_report.py --environment OUT_DIR   # first: card, torch, commit
+    python scripts/gpu_check_report.py --environment OUT_DIR   # first: card, torch, nvcc, commit
     python scripts/gpu_check_report.py OUT_DIR                 # last: the closing table
 
-The first writes OUT_DIR/env.json (and fails when no GPU is visible). The second reads what the
-check wrote (stages, test results, benchmark JSON), prints what ran, what passed and the issue's
-H100 targets, and writes OUT_DIR/summary.json. Missing files show as "not run".
+The first writes OUT_DIR/env.json (and fails, after writing it, when no GPU is visible). The
+second reads what the check wrote (stages, test results, benchmark JSON), prints what ran, what
+passed and the issue's H100 targets, and writes OUT_DIR/summary.json. Missing files show as
+"not run".
 """
 import argparse
 import json
@@ -30,19 +31,34 @@ def git(*args):
         return "unknown"
 
 
+def nvcc_version():
+    nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return "not found"
+    release = [line for line in out.splitlines() if "release" in line]
+    return release[0].split("release")[-1].strip(" ,") if release else "unknown"
+
+
 def write_environment(out):
+    """Writes env.json; without a visible GPU it holds no card and the exit status is 1."""
     import torch
 
-    if not torch.cuda.is_available():
-        sys.exit(f"gpu_check: no CUDA device visible to torch {torch.__version__}")
-    major, minor = torch.cuda.get_device_capability()
     modified = " (modified)" if git("status", "--porcelain", "--untracked-files=no") else ""
-    env = dict(device=torch.cuda.get_device_name(), capability=f"sm_{major}{minor}",
-               arch=f"{major}.{minor}", torch=torch.__version__, torch_cuda=torch.version.cuda,
+    env = dict(device="none visible", capability="", arch="", torch=torch.__version__,
+               torch_cuda=torch.version.cuda, nvcc=nvcc_version(),
                commit=git("rev-parse", "--short", "HEAD") + modified)
+    gpu = torch.cuda.is_available()
+    if gpu:
+        major, minor = torch.cuda.get_device_capability()
+        env.update(device=torch.cuda.get_device_name(), capability=f"sm_{major}{minor}",
+                   arch=f"{major}.{minor}")
     with open(os.path.join(out, "env.json"), "w") as f:
         json.dump(env, f, indent=1)
     print(json.dumps(env))
+    if not gpu:
+        sys.exit(f"gpu_check: no CUDA device visible to torch {torch.__version__}")
 
 
 def load_json(path):
@@ -90,6 +106,7 @@ def write_summary(out):
     rows = [
         ("card", env.get("device", "?"), env.get("capability", "")),
         ("commit", env.get("commit", "?"), env.get("torch", "")),
+        ("nvcc", env.get("nvcc", "?"), f"torch CUDA {env.get('torch_cuda', '?')}"),
     ]
     rows += [(f"stage {name}", status, "") for name, status in stages.items()]
     rows.append(("CUDA tests", test_counts(os.path.join(out, "pytest-cuda.xml")), ""))
