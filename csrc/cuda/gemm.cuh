@@ -208,6 +208,7 @@ template <typename Acc, int kBlockM, int kThreads> struct RowSum {
   template <class Tile, int kBlockK, typename T>
   __device__ __forceinline__ void add_tile(const T* tile) {
     constexpr int kLength = kBlockK / kParts;
+    static_assert(kBlockK % kParts == 0, "every part of a row needs the same length");
     const int m = threadIdx.x % kBlockM, k0 = threadIdx.x / kBlockM * kLength;
     Acc tile_sum = 0;
 #pragma unroll 8

@@ -51,24 +51,19 @@ namespace wmma = nvcuda::wmma;
     static_assert(sizeof(r) == sizeof(f.x), "a fragment is " #REGISTERS " registers");       \
     memcpy(&f.x, r, sizeof(r));                                                              \
   }
+// Both layouts of operand `ab` (a or b) of element type T (PTX type ptx_type).
+#define FUSED_LINREG_WMMA_LOAD_SHARED_LAYOUTS(USE, ab, T, ptx_type, REGISTERS)               \
+  FUSED_LINREG_WMMA_LOAD_SHARED(USE, T, row_major, REGISTERS,                                \
+                                "wmma.load." ab ".sync.aligned.row.m16n16k16.shared." ptx_type) \
+  FUSED_LINREG_WMMA_LOAD_SHARED(USE, T, col_major, REGISTERS,                                \
+                                "wmma.load." ab ".sync.aligned.col.m16n16k16.shared." ptx_type)
 
-FUSED_LINREG_WMMA_LOAD_SHARED(matrix_a, __nv_bfloat16, row_major, 4,
-                              "wmma.load.a.sync.aligned.row.m16n16k16.shared.bf16")
-FUSED_LINREG_WMMA_LOAD_SHARED(matrix_a, __nv_bfloat16, col_major, 4,
-                              "wmma.load.a.sync.aligned.col.m16n16k16.shared.bf16")
-FUSED_LINREG_WMMA_LOAD_SHARED(matrix_b, __nv_bfloat16, row_major, 4,
-                              "wmma.load.b.sync.aligned.row.m16n16k16.shared.bf16")
-FUSED_LINREG_WMMA_LOAD_SHARED(matrix_b, __nv_bfloat16, col_major, 4,
-                              "wmma.load.b.sync.aligned.col.m16n16k16.shared.bf16")
-FUSED_LINREG_WMMA_LOAD_SHARED(matrix_a, __half, row_major, 8,
-                              "wmma.load.a.sync.aligned.row.m16n16k16.shared.f16")
-FUSED_LINREG_WMMA_LOAD_SHARED(matrix_a, __half, col_major, 8,
-                              "wmma.load.a.sync.aligned.col.m16n16k16.shared.f16")
-FUSED_LINREG_WMMA_LOAD_SHARED(matrix_b, __half, row_major, 8,
-                              "wmma.load.b.sync.aligned.row.m16n16k16.shared.f16")
-FUSED_LINREG_WMMA_LOAD_SHARED(matrix_b, __half, col_major, 8,
-                              "wmma.load.b.sync.aligned.col.m16n16k16.shared.f16")
+FUSED_LINREG_WMMA_LOAD_SHARED_LAYOUTS(matrix_a, "a", __nv_bfloat16, "bf16", 4)
+FUSED_LINREG_WMMA_LOAD_SHARED_LAYOUTS(matrix_b, "b", __nv_bfloat16, "bf16", 4)
+FUSED_LINREG_WMMA_LOAD_SHARED_LAYOUTS(matrix_a, "a", __half, "f16", 8)
+FUSED_LINREG_WMMA_LOAD_SHARED_LAYOUTS(matrix_b, "b", __half, "f16", 8)
 
+#undef FUSED_LINREG_WMMA_LOAD_SHARED_LAYOUTS
 #undef FUSED_LINREG_WMMA_LOAD_SHARED
 #undef FUSED_LINREG_WMMA_LOAD_8
 #undef FUSED_LINREG_WMMA_LOAD_4
