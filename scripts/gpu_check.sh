@@ -33,9 +33,10 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 deadline=$(($(date +%s) + ${GPU_CHECK_BUDGET_S:-570}))
 reserve=15  # seconds kept for the summary
 
-# The torch and nvcc the build will use, before anything else.
-echo "== torch: $("$PY" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>&1)"
-echo "== nvcc: $("$CUDA_HOME/bin/nvcc" --version 2>&1 | grep -m 1 release || echo "not found at $CUDA_HOME")"
+# The torch and nvcc the build will use, before anything else. Every command below that could
+# hang has a time limit, these included.
+echo "== torch: $(timeout 60 "$PY" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>&1)"
+echo "== nvcc: $(timeout 60 "$CUDA_HOME/bin/nvcc" --version 2>&1 | grep -m 1 release || echo "not found at $CUDA_HOME")"
 
 failed=0
 # Nothing of an earlier run may pass for this one's.
@@ -46,7 +47,7 @@ record() {  # record NAME STATUS
   echo "   $2"
 }
 
-summary() { "$PY" scripts/gpu_check_report.py "$OUT" || echo "gpu_check: no summary table" >&2; }
+summary() { timeout 60 "$PY" scripts/gpu_check_report.py "$OUT" || echo "gpu_check: no summary table" >&2; }
 trap summary EXIT
 # Interrupted: the running stage is stopped and recorded, then the summary is written (EXIT).
 stage_name="" stage_pid=""
@@ -113,7 +114,7 @@ gpu=1
 stage environment 60 environment.log "$PY" scripts/gpu_check_report.py --environment "$OUT" &&
   cat "$OUT/environment.log" || gpu=0
 if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
-  TORCH_CUDA_ARCH_LIST=$("$PY" -c 'import json, sys; print(json.load(sys.stdin).get("arch") or "9.0")' \
+  TORCH_CUDA_ARCH_LIST=$(timeout 60 "$PY" -c 'import json, sys; print(json.load(sys.stdin).get("arch") or "9.0")' \
     <"$OUT/env.json" 2>/dev/null || echo 9.0)
 fi
 export TORCH_CUDA_ARCH_LIST
@@ -134,9 +135,9 @@ else
   # test_cuda.py, and the cuda cases of the device-parametrized tests (slow ones included);
   # pytest-timeout ends a hanging test, and the session in time to write its report.
   timeouts=()
-  if "$PY" -c 'import pytest_timeout' 2>/dev/null; then
+  if timeout 60 "$PY" -c 'import pytest_timeout' 2>/dev/null; then
     timeouts=(--timeout=120)
-    if "$PY" -m pytest --help 2>/dev/null | grep -q -- --session-timeout; then
+    if timeout 60 "$PY" -m pytest --help 2>/dev/null | grep -q -- --session-timeout; then
       session=$(($(seconds_for 240) - 20))
       timeouts+=("--session-timeout=$((session > 5 ? session : 5))")
     fi
