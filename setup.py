@@ -6,9 +6,11 @@ environment. The extension records the torch version it was built against and re
 under another (see fused_linreg/_build_check.py).
 """
 import glob
+import hashlib
 import json
 import os
 import sys
+import sysconfig
 
 from setuptools import find_packages, setup
 
@@ -99,9 +101,38 @@ def extension(with_cuda):
     )
 
 
+def build_temp_dir():
+    """The object files' directory, kept between builds: setuptools compiles an editable install
+    in a new temporary directory each time, so ninja would rebuild everything. One directory per
+    interpreter, torch installation and build variant, so that builds against different torches
+    do not replace each other's objects; within one, ninja rebuilds only what changed."""
+    variant = {
+        "torch": os.path.dirname(torch.__file__),
+        "torch_version": torch.__version__,
+        "cuda": WITH_CUDA,
+        "sanitize": os.environ.get("FUSED_LINREG_SANITIZE") == "1",
+    }
+    key = hashlib.sha256(json.dumps(variant, sort_keys=True).encode()).hexdigest()[:10]
+    tag = sysconfig.get_config_var("SOABI") or f"py{sys.version_info[0]}{sys.version_info[1]}"
+    return os.path.join(ROOT, "build", f"objects-{tag}-torch{torch.__version__}-{key}")
+
+
 class BuildWithMetadata(BuildExtension):
-    """Also writes fused_linreg/_build_meta.json next to the extension: what it was built against,
-    read at import time before the extension is loaded."""
+    """Builds in build_temp_dir(), and also writes fused_linreg/_build_meta.json next to the
+    extension: what it was built against, read at import time before the extension is loaded."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = build_temp_dir()
+        # distutils adds the include directory of the build's venv, which holds no headers (and
+        # under pip's venv isolation is a new temporary path each time): on the command lines it
+        # would only make ninja rebuild everything.
+        self.include_dirs = [d for d in self.include_dirs
+                             if any(files for _, _, files in os.walk(d))]
+        # setuptools skips an extension whose output is newer than its sources, even when that
+        # output (build/lib..., shared by all builds in this tree) was linked against another
+        # torch. ninja decides what to recompile; the link always runs (a few seconds).
+        self.force = True
 
     def run(self):
         super().run()
