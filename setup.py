@@ -1,8 +1,9 @@
 """Builds fused_linreg._C: the CPU kernels always, the CUDA kernels when a CUDA toolkit and a
 CUDA build of torch are present (FUSED_LINREG_CUDA=0|1 forces either way).
 
-Build against the torch you will run with: `pip install --no-build-isolation .` in that
-environment. The extension records the torch version it was built against and refuses to load
+It is built against the torch of the environment it is installed into: `pip install .` finds
+that torch (build_backend/fused_linreg_backend.py), and so does `pip install --no-build-isolation .`.
+The wheel requires exactly that torch version; the extension records it and refuses to load
 under another (see fused_linreg/_build_check.py).
 """
 import glob
@@ -19,8 +20,10 @@ try:
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError:
     sys.exit(
-        "fused_linreg: torch must be installed before building, and the build must see it:\n"
-        "    pip install torch && pip install --no-build-isolation ."
+        "fused_linreg: torch must be installed before building, and the build must see it. In the "
+        "environment you will run in, install torch and the build tools (setuptools, wheel, ninja; "
+        "a C++ compiler is needed too), then build without isolation:\n"
+        "    pip install torch setuptools wheel ninja && pip install --no-build-isolation ."
     )
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -156,6 +159,7 @@ setup(
     ext_modules=[extension(WITH_CUDA)],
     cmdclass={"build_ext": BuildWithMetadata.with_options(use_ninja=True)},
     python_requires=">=3.9",
-    install_requires=["torch", "numpy"],
+    # Exactly the torch built against: a wheel installs only where it can be imported.
+    install_requires=[f"torch=={torch.__version__}", "numpy"],
     zip_safe=False,
 )
