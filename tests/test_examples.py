@@ -58,10 +58,36 @@ def test_demo_command_line():
 def test_examples_command_line_with_plot(script, expect, tmp_path):
     png = tmp_path / "curves.png"
     out, err = run(os.path.join("examples", script), "--epochs", "2", "--plot", str(png))
-    for pattern in expect + [r"ms/epoch", r"time per epoch: \d+\.\d+x", "plot saved to"]:
+    for pattern in expect + [r"\(2 epochs\), \d+\.\d ms/epoch over epochs 2-2\n",
+                             r"ms/epoch leaves out the first epoch", r"time per epoch: \d+\.\d+x",
+                             "plot saved to"]:
         assert re.search(pattern, out), f"{pattern!r} not in:\n{out}"
     assert "2/2" in err  # the tqdm bar finished
     assert_png(png)
+
+
+def test_plots_label_epochs_as_whole_numbers_and_log_axes_in_plain_numbers():
+    common = load_example("_common")
+    epochs = 20
+    history = {name: {"train loss": [2.09 * 0.78 ** e for e in range(epochs)],  # 2.09 -> 0.02
+                      "test MSE": [5300 - 100 * e for e in range(epochs)],       # under a decade
+                      "accuracy": [50 + e for e in range(epochs)]}
+               for name in ("plain PyTorch", "fused_linreg")}
+    fig = common.curves_figure(history, ["train loss", "test MSE", "accuracy"], "t", log_y=[True, True, False])
+    fig.canvas.draw()
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if low <= t <= high]
+        assert len(shown) >= 3 and all(float(t).is_integer() for t in shown), shown
+        if ax.get_yscale() == "log":
+            low, high = ax.get_ylim()
+            labels = [t.get_text() for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high]
+            labels = [t for t in labels if t]
+            assert len(labels) >= 4, (ax.get_ylabel(), labels)
+            for label in labels:
+                float(label)  # a plain number, not 6×10^-1
+    import matplotlib.pyplot as plt
+    plt.close(fig)
 
 
 def test_linear_regression_reaches_least_squares():
