@@ -110,11 +110,18 @@ def test_mlp_digits_reaches_95_percent():  # the full default run: a few seconds
 # ---- the README's code ---------------------------------------------------------------------------
 
 README = os.path.join(ROOT, "README.md")
+# The user's documentation: the README and what it links to in docs/ (the CUDA pages are design
+# notes and GPU records, whose code needs a GPU).
+USER_DOCS = [README] + [os.path.join(ROOT, "docs", f) for f in
+                        ("examples.md", "pytorch.md", "benchmarks.md", "in_backward.md", "determinism.md")]
 
 
-def readme_blocks(lang):
-    with open(README) as f:
-        return re.findall(rf"^```{lang}\n(.*?)^```", f.read(), re.S | re.M)
+def readme_blocks(lang, files=(README,)):
+    blocks = []
+    for path in files:
+        with open(path) as f:
+            blocks += re.findall(rf"^```{lang}\n(.*?)^```", f.read(), re.S | re.M)
+    return blocks
 
 
 def test_readme_commands_and_no_placeholders():
@@ -123,22 +130,36 @@ def test_readme_commands_and_no_placeholders():
     bash = readme_blocks("bash")
     assert "bash scripts/setup_env.sh && .venv/bin/python -m fused_linreg.demo\n" in bash
     assert "bash scripts/setup_env.sh && .venv/bin/python -m pytest -q\n" in bash
-    assert "pip install --no-build-isolation .\n" in bash
+    commands = {line for block in bash for line in block.splitlines()}
+    assert {"pip install .", "pip install setuptools wheel ninja", "pip install --no-build-isolation ."} <= commands
     assert "@@" not in text and "TODO" not in text and "TBD" not in text
 
 
+def test_readme_is_for_users_and_links_what_moved():
+    with open(README) as f:
+        text = f.read()
+    assert len(text.splitlines()) <= 300
+    for path in USER_DOCS[1:]:
+        assert f"(docs/{os.path.basename(path)})" in text, path
+        assert os.path.isfile(path)
+    # what a user installing needs, in the install section
+    install = text[text.index("## Install"):text.index("## Drop-in use")]
+    for word in ("setuptools", "wheel", "ninja", "C++ compiler", "--no-build-isolation"):
+        assert word in install, word
+
+
 def test_readme_python_blocks_run():
-    blocks = [b for b in readme_blocks("python") if "init_process_group" not in b]
-    assert len(blocks) >= 5
+    blocks = [b for b in readme_blocks("python", USER_DOCS) if "init_process_group" not in b]
+    assert len(blocks) >= 8
     for i, block in enumerate(blocks):
         try:
-            exec(compile(block, f"README.md python block {i}", "exec"), {"__name__": "readme"})
+            exec(compile(block, f"README.md / docs python block {i}", "exec"), {"__name__": "readme"})
         except Exception as e:
-            raise AssertionError(f"README python block {i} failed: {e!r}\n{block}") from e
+            raise AssertionError(f"README / docs python block {i} failed: {e!r}\n{block}") from e
 
 
 def test_readme_ddp_script_runs_under_torchrun(tmp_path):
-    (script,) = [b for b in readme_blocks("python") if "init_process_group" in b]
+    (script,) = [b for b in readme_blocks("python", USER_DOCS) if "init_process_group" in b]
     path = tmp_path / "train_ddp.py"
     path.write_text(script)
     out, err = run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(path))
