@@ -107,6 +107,41 @@ def test_mlp_digits_reaches_95_percent():  # the full default run: a few seconds
         assert h["test accuracy (%)"][-1] >= 95, (name, h["test accuracy (%)"][-1])
 
 
+# ---- words a user can read ----------------------------------------------------------------------
+
+# The project's own history means nothing to a user.
+JARGON = re.compile(r"\bseed's\b|\bthe seed\b|\bissue #\d|``")
+
+
+def help_texts(capsys):
+    from fused_linreg import bench, demo
+    texts = {"bench": bench._parser().format_help()}
+    for name, parse in [("demo", demo._parse), ("linear_regression", load_example("linear_regression").main),
+                        ("mlp_digits", load_example("mlp_digits").main)]:
+        with pytest.raises(SystemExit):
+            parse(["--help"])
+        texts[name] = capsys.readouterr().out
+    return texts
+
+
+def test_help_texts_are_plain_words(capsys):
+    for name, text in help_texts(capsys).items():
+        assert "usage:" in text, (name, text)
+        assert not JARGON.search(text), f"{name} --help: {JARGON.search(text).group()!r} in\n{text}"
+
+
+def test_docs_and_outputs_use_no_project_jargon(capsys):
+    for path in USER_DOCS:
+        with open(path) as f:
+            text = f.read().replace("``", "")  # Markdown code spans may hold backticks
+        assert not JARGON.search(text), f"{path}: {JARGON.search(text).group()!r}"
+    from fused_linreg import demo
+    demo.main(["--epochs", "2", "--samples", "10"])
+    load_example("linear_regression").main(["--epochs", "1"])
+    out = capsys.readouterr().out
+    assert not JARGON.search(out), out
+
+
 # ---- the README's code ---------------------------------------------------------------------------
 
 README = os.path.join(ROOT, "README.md")
