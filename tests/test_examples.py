@@ -130,6 +130,21 @@ def test_help_texts_are_plain_words(capsys):
         assert not JARGON.search(text), f"{name} --help: {JARGON.search(text).group()!r} in\n{text}"
 
 
+def test_docs_list_every_option(capsys):
+    """The README lists the examples' options and docs/examples.md the demo's: all of them."""
+    with open(README) as f:
+        readme = f.read()
+    readme = readme[readme.index("## The demo and the examples"):readme.index("## With the rest of PyTorch")]
+    with open(os.path.join(ROOT, "docs", "examples.md")) as f:
+        examples_md = f.read()
+    texts = help_texts(capsys)
+    for name, doc in [("demo", examples_md), ("linear_regression", readme), ("mlp_digits", readme)]:
+        options = set(re.findall(r"--[a-z][a-z-]*", texts[name])) - {"--help"}
+        assert len(options) >= 6, (name, options)
+        missing = sorted(o for o in options if f"`{o}" not in doc)
+        assert not missing, f"{name}'s options {missing} are not in its documentation"
+
+
 def test_docs_and_outputs_use_no_project_jargon(capsys):
     for path in USER_DOCS:
         with open(path) as f:
