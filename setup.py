@@ -1,14 +1,17 @@
 """Builds fused_linreg._C: the CPU kernels always, the CUDA kernels when a CUDA toolkit and a
 CUDA build of torch are present (FUSED_LINREG_CUDA=0|1 forces either way).
 
-Build against the torch you will run with: `pip install --no-build-isolation .` in that
-environment. The extension records the torch version it was built against and refuses to load
+It is built against the torch of the environment it is installed into: `pip install .` finds
+that torch (build_backend/fused_linreg_backend.py), and so does `pip install --no-build-isolation .`.
+The wheel requires exactly that torch version; the extension records it and refuses to load
 under another (see fused_linreg/_build_check.py).
 """
 import glob
+import hashlib
 import json
 import os
 import sys
+import sysconfig
 
 from setuptools import find_packages, setup
 
@@ -17,8 +20,10 @@ try:
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError:
     sys.exit(
-        "fused_linreg: torch must be installed before building, and the build must see it:\n"
-        "    pip install torch && pip install --no-build-isolation ."
+        "fused_linreg: torch must be installed before building, and the build must see it. In the "
+        "environment you will run in, install torch and the build tools (setuptools, wheel, ninja; "
+        "a C++ compiler is needed too), then build without isolation:\n"
+        "    pip install torch setuptools wheel ninja && pip install --no-build-isolation ."
     )
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -99,9 +104,38 @@ def extension(with_cuda):
     )
 
 
+def build_temp_dir():
+    """The object files' directory, kept between builds: setuptools compiles an editable install
+    in a new temporary directory each time, so ninja would rebuild everything. One directory per
+    interpreter, torch installation and build variant, so that builds against different torches
+    do not replace each other's objects; within one, ninja rebuilds only what changed."""
+    variant = {
+        "torch": os.path.dirname(torch.__file__),
+        "torch_version": torch.__version__,
+        "cuda": WITH_CUDA,
+        "sanitize": os.environ.get("FUSED_LINREG_SANITIZE") == "1",
+    }
+    key = hashlib.sha256(json.dumps(variant, sort_keys=True).encode()).hexdigest()[:10]
+    tag = sysconfig.get_config_var("SOABI") or f"py{sys.version_info[0]}{sys.version_info[1]}"
+    return os.path.join(ROOT, "build", f"objects-{tag}-torch{torch.__version__}-{key}")
+
+
 class BuildWithMetadata(BuildExtension):
-    """Also writes fused_linreg/_build_meta.json next to the extension: what it was built against,
-    read at import time before the extension is loaded."""
+    """Builds in build_temp_dir(), and also writes fused_linreg/_build_meta.json next to the
+    extension: what it was built against, read at import time before the extension is loaded."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = build_temp_dir()
+        # distutils adds the include directory of the build's venv, which holds no headers (and
+        # under pip's venv isolation is a new temporary path each time): on the command lines it
+        # would only make ninja rebuild everything.
+        self.include_dirs = [d for d in self.include_dirs
+                             if any(files for _, _, files in os.walk(d))]
+        # setuptools skips an extension whose output is newer than its sources, even when that
+        # output (build/lib..., shared by all builds in this tree) was linked against another
+        # torch. ninja decides what to recompile; the link always runs (a few seconds).
+        self.force = True
 
     def run(self):
         super().run()
@@ -125,6 +159,7 @@ setup(
     ext_modules=[extension(WITH_CUDA)],
     cmdclass={"build_ext": BuildWithMetadata.with_options(use_ninja=True)},
     python_requires=">=3.9",
-    install_requires=["torch", "numpy"],
+    # Exactly the torch built against: a wheel installs only where it can be imported.
+    install_requires=[f"torch=={torch.__version__}", "numpy"],
     zip_safe=False,
 )

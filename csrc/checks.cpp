@@ -9,6 +9,7 @@
 #include <ostream>
 #include <vector>
 
+#include "errors.h"
 #include "ops.h"
 
 namespace fused_linreg {
@@ -33,17 +34,18 @@ std::ostream& operator<<(std::ostream& out, const ArgName& name) {
 }
 
 void check_floating(const char* op, const ArgName& name, const at::Tensor& t) {
-  TORCH_CHECK_TYPE(is_supported_dtype(t.scalar_type()), op, ": ", name,
-                   " must be float32, float64, bfloat16 or float16, got ", t.scalar_type());
-  TORCH_CHECK(t.layout() == at::kStrided, op, ": ", name, " must be a dense tensor, got layout ",
-              t.layout());
+  FUSED_LINREG_CHECK_DTYPE_SUPPORTED(is_supported_dtype(t.scalar_type()), op, ": ", name,
+                                     " must be float32, float64, bfloat16 or float16, got ",
+                                     t.scalar_type());
+  FUSED_LINREG_CHECK_TYPE(t.layout() == at::kStrided, op, ": ", name,
+                          " must be a dense tensor, got layout ", t.layout());
 }
 
 void check_same(const char* op, const ArgName& name, const at::Tensor& t, const at::Tensor& ref,
                 const ArgName& ref_name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": expected ", name, " and ",
-                   ref_name, " to have the same dtype, got ", t.scalar_type(), " and ",
-                   ref.scalar_type());
+  FUSED_LINREG_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": expected ", name, " and ",
+                          ref_name, " to have the same dtype, got ", t.scalar_type(), " and ",
+                          ref.scalar_type());
   TORCH_CHECK(t.device() == ref.device(), op, ": expected ", name, " and ", ref_name,
               " on the same device, got ", t.device(), " and ", ref.device());
 }
@@ -158,8 +160,8 @@ void check_linear_backward_args(const at::Tensor& grad_output, const at::Tensor&
               "), got ", grad_output.sizes());
   if (relu_mask.has_value()) {
     auto mask_shape = rows_shape(input, relu_mask_row_bytes(weight.size(0)));
-    TORCH_CHECK(relu_mask->scalar_type() == at::kByte, op, ": relu_mask must be uint8, got ",
-                relu_mask->scalar_type());
+    FUSED_LINREG_CHECK_TYPE(relu_mask->scalar_type() == at::kByte, op,
+                            ": relu_mask must be uint8, got ", relu_mask->scalar_type());
     TORCH_CHECK(relu_mask->sizes() == at::IntArrayRef(mask_shape), op,
                 ": relu_mask must have shape ", at::IntArrayRef(mask_shape), ", got ",
                 relu_mask->sizes());
@@ -222,8 +224,8 @@ void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList 
     const at::Tensor& p = params[i];
     const at::Tensor& g = grads[i];
     const ArgName pi("params", i), gi("grads", i);
-    TORCH_CHECK_TYPE(g.layout() == at::kStrided, op, ": ", gi,
-                     " is sparse; FusedSGD does not support sparse gradients");
+    FUSED_LINREG_CHECK_TYPE(g.layout() == at::kStrided, op, ": ", gi,
+                            " is sparse; FusedSGD does not support sparse gradients");
     check_floating(op, pi, p);
     check_floating(op, gi, g);
     TORCH_CHECK(p.sizes() == g.sizes(), op, ": ", pi, " has shape ", p.sizes(), " but ", gi,

@@ -40,6 +40,11 @@ TORCH_LIBRARY(fused_linreg, m) {
       "Tensor? found_inf=None) -> ()");
 }
 
+namespace fused_linreg {
+// errors.cpp: the Python classes of the errors in errors.h.
+void register_error_types(PyObject* wrong_type, PyObject* unsupported_dtype);
+}  // namespace fused_linreg
+
 namespace {
 
 // For fused_linreg.build_info() and the tests that force an ISA path.
@@ -67,6 +72,12 @@ py::dict build_info() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("build_info", &build_info);
+  module.def(
+      "_register_error_types",
+      [](py::handle wrong_type, py::handle unsupported_dtype) {
+        fused_linreg::register_error_types(wrong_type.ptr(), unsupported_dtype.ptr());
+      },
+      "The classes that wrong-dtype/layout errors and unsupported-dtype errors raise as.");
   module.def(
       "set_cpu_isa", [](const std::string& name) { fused_linreg::cpu::set_isa(name.c_str()); },
       "Use the named CPU kernels (avx512, avx2, generic) for later calls.");

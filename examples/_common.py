@@ -1,5 +1,6 @@
 """What the examples share: the header, plain-vs-fused training side by side, and the loss plot."""
 import argparse
+import math
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -67,38 +68,72 @@ def train_side_by_side(runs: Dict[str, Callable[[int], float]], epochs: int,
 
 
 def print_times(history: Dict[str, Dict[str, List[float]]]) -> None:
-    """Total and per-epoch training time per run (the first epoch left out of the per-epoch mean:
-    it includes one-time costs)."""
+    """Total and per-epoch training time per run. The per-epoch mean leaves out the first epoch,
+    which includes one-time costs (first calls, allocations), and says so."""
+    epochs = len(next(iter(history.values()))["seconds"])
+    steady = f"epochs 2-{epochs}" if epochs > 1 else "1 epoch"
     for name, h in history.items():
         s = h["seconds"]
-        steady = s[1:] or s
-        print(f"{name:>14}: {sum(s):.2f} s training, {1e3 * sum(steady) / len(steady):.1f} ms/epoch")
+        per_epoch = s[1:] or s
+        print(f"{name:>14}: {sum(s):.2f} s training ({epochs} epochs), "
+              f"{1e3 * sum(per_epoch) / len(per_epoch):.1f} ms/epoch over {steady}")
+    if epochs > 1:
+        print("(ms/epoch leaves out the first epoch: it includes one-time costs)")
     names = list(history)
     if len(names) == 2:
         a, b = (sum(history[n]["seconds"][1:] or history[n]["seconds"]) for n in names)
         print(f"{names[1]} / {names[0]} time per epoch: {b / a:.2f}x")
 
 
-def plot_curves(path: str, history: Dict[str, Dict[str, List[float]]], keys: Sequence[str],
-                title: str, log_y: Optional[Sequence[bool]] = None) -> None:
-    """One panel per key of ``history`` (e.g. "train loss", "test MSE"), one curve per run; saves a PNG."""
+def log_ticks(low: float, high: float) -> List[float]:
+    """Ticks for a log axis over [low, high]: 1, 2, 5 x 10^k, finer when that gives fewer than
+    four (a loss that falls by less than a decade would otherwise get one or two labels)."""
+    decades = range(math.floor(math.log10(low)), math.floor(math.log10(high)) + 1)
+    for subs in ((1, 2, 5), range(1, 10), [m / 2 for m in range(2, 20)]):
+        ticks = [m * 10.0 ** k for k in decades for m in subs if low <= m * 10.0 ** k <= high]
+        if len(ticks) >= 4:
+            break
+    return ticks
+
+
+def curves_figure(history: Dict[str, Dict[str, List[float]]], keys: Sequence[str], title: str,
+                  log_y: Optional[Sequence[bool]] = None):
+    """One panel per key of ``history`` (e.g. "train loss", "test MSE"), one curve per run; epochs
+    on whole-number ticks, log axes labelled in plain numbers. Returns the matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
     for i, (ax, key) in enumerate(zip(axes[0], keys)):
         for (name, h), style in zip(history.items(), ("-", "--", ":")):
             ax.plot(range(1, len(h[key]) + 1), h[key], style, label=name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.set_ylabel(key)
         if log_y and log_y[i]:
             ax.set_yscale("log")
+            values = [v for h in history.values() for v in h[key] if v > 0]
+            ticks = log_ticks(min(values), max(values)) if values else []
+            if len(ticks) >= 2:  # else (a flat curve) matplotlib's own
+                ax.set_yticks(ticks)
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(path: str, history: Dict[str, Dict[str, List[float]]], keys: Sequence[str],
+                title: str, log_y: Optional[Sequence[bool]] = None) -> None:
+    """curves_figure(...) saved as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(history, keys, title, log_y)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f"plot saved to {path}")

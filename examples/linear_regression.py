@@ -1,7 +1,7 @@
-"""The seed's linear regression on real data: scikit-learn's diabetes data set (442 patients, 10
-features, ships with scikit-learn: no download), trained with ``FusedLinear`` + ``FusedSGD`` beside
-plain PyTorch (``nn.Linear`` + ``torch.optim.SGD``) from the same initial weights on the same
-mini-batches. Prints both loss curves' end points, the test MSE and the times.
+"""The classic PyTorch linear-regression example on real data: scikit-learn's diabetes data set (442
+patients, 10 features, ships with scikit-learn: no download), trained with ``FusedLinear`` +
+``FusedSGD`` beside plain PyTorch (``nn.Linear`` + ``torch.optim.SGD``) from the same initial
+weights on the same mini-batches. Prints both loss curves' end points, the test MSE and the times.
 
     python examples/linear_regression.py [--epochs 100] [--plot linreg.png]
 """
@@ -22,7 +22,8 @@ from _common import (add_common_args, minibatch_epoch, plot_curves, print_header
                      print_times, train_side_by_side)
 
 from fused_linreg import FusedLinear, FusedSGD  # noqa: E402
-from fused_linreg.demo import LinearRegressionModel  # noqa: E402  (the seed's model)
+from fused_linreg._text import help_description  # noqa: E402
+from fused_linreg.demo import LinearRegressionModel  # noqa: E402  (the classic example's model)
 
 
 def load(seed):
@@ -42,13 +43,14 @@ def load(seed):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=help_description(__doc__))
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.01, help="the seed's learning rate")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01, as in the classic example)")
     add_common_args(p)
     args = p.parse_args(argv)
-    print_header("Linear regression (the seed's LinearRegressionModel) on scikit-learn's diabetes data",
+    print_header("Linear regression (the classic PyTorch example's LinearRegressionModel) on "
+                 "scikit-learn's diabetes data",
                  args.threads)
 
     data, y_mean, y_std = load(args.seed)

@@ -20,6 +20,7 @@ from _common import (add_common_args, minibatch_epoch, plot_curves, print_header
 
 import fused_linreg  # noqa: E402
 from fused_linreg import FusedSGD  # noqa: E402
+from fused_linreg._text import help_description  # noqa: E402
 
 
 def load(seed):
@@ -31,7 +32,7 @@ def load(seed):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=help_description(__doc__))
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=64)

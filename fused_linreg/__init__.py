@@ -5,6 +5,7 @@ and ``torch.optim.SGD`` for :class:`FusedSGD`; results match plain PyTorch.
 """
 from fused_linreg import _autocast  # noqa: F401  (registers the ops' autocast kernels)
 from fused_linreg import functional
+from fused_linreg._checks import TensorTypeError, UnsupportedDtypeError
 from fused_linreg._ops import _C
 from fused_linreg.autograd import LinearFunction, LinearReLUFunction
 from fused_linreg.fuse import fuse
@@ -19,6 +20,8 @@ __all__ = [
     "FusedSGD",
     "LinearFunction",
     "LinearReLUFunction",
+    "TensorTypeError",
+    "UnsupportedDtypeError",
     "build_info",
     "functional",
     "fuse",

@@ -3,21 +3,48 @@ so that meta tensors, mixed meta/real devices and torch.compile tracing reject w
 kernels reject instead of returning a tensor of a made-up shape."""
 import torch
 
+
+class TensorTypeError(TypeError, RuntimeError):
+    """A tensor argument of the wrong dtype or layout (e.g. input and weight of different dtypes,
+    a sparse tensor). A TypeError, and also a RuntimeError: what nn.Linear and torch.optim.SGD
+    raise for such input, so that code catching PyTorch's errors catches these too."""
+
+
+class UnsupportedDtypeError(TensorTypeError, NotImplementedError):
+    """A tensor of a dtype the kernels do not implement (integer, bool, complex): a
+    TensorTypeError, and a NotImplementedError as ATen's "not implemented for 'Bool'" is."""
+
+
+def _check_type(cond, message, error=TensorTypeError):
+    """As torch._check_type, but raising `error` rather than a plain TypeError."""
+    if not cond:
+        raise error(message())
+
+
 _FLOATING = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _MAX_BYTES = 2 ** 63 - 1
 
 
 def _floating(op, name, t):
-    torch._check_type(t.dtype in _FLOATING,
-                      lambda: f"{op}: {name} must be float32, float64, bfloat16 or float16, got {t.dtype}")
-    torch._check(t.layout == torch.strided, lambda: f"{op}: {name} must be a dense tensor, got layout {t.layout}")
+    _check_type(t.dtype in _FLOATING,
+                lambda: f"{op}: {name} must be float32, float64, bfloat16 or float16, got {t.dtype}",
+                UnsupportedDtypeError)
+    _check_type(t.layout == torch.strided, lambda: f"{op}: {name} must be a dense tensor, got layout {t.layout}")
 
 
 def _same(op, name, t, ref, ref_name):
-    torch._check_type(t.dtype == ref.dtype, lambda: f"{op}: expected {name} and {ref_name} to have the "
-                      f"same dtype, got {t.dtype} and {ref.dtype}")
+    _check_type(t.dtype == ref.dtype, lambda: f"{op}: expected {name} and {ref_name} to have the "
+                f"same dtype, got {t.dtype} and {ref.dtype}")
     torch._check(t.device == ref.device, lambda: f"{op}: expected {name} and {ref_name} on the same "
                  f"device, got {t.device} and {ref.device}")
+
+
+def tensor_arguments(op, **arguments):
+    """The TypeError F.linear's argument parser raises for an argument that is not a tensor (the
+    ops' schema parser raises a RuntimeError, as for aten's ops called through torch.ops)."""
+    for name, value in arguments.items():
+        if not isinstance(value, torch.Tensor) and not (name == "bias" and value is None):
+            raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(value).__name__}") from None
 
 
 def _concrete(*sizes):
@@ -60,8 +87,7 @@ def linear_backward_args(grad_output, input, weight, relu_mask):
         f"{list(weight.shape)}), got {list(grad_output.shape)}"))
     if relu_mask is not None:
         mask_shape = [*input.shape[:-1], (weight.shape[0] + 31) // 32 * 4]
-        torch._check_type(relu_mask.dtype == torch.uint8,
-                          lambda: f"{op}: relu_mask must be uint8, got {relu_mask.dtype}")
+        _check_type(relu_mask.dtype == torch.uint8, lambda: f"{op}: relu_mask must be uint8, got {relu_mask.dtype}")
         torch._check(list(relu_mask.shape) == mask_shape, lambda: (
             f"{op}: relu_mask must have shape {mask_shape}, got {list(relu_mask.shape)}"))
         torch._check(relu_mask.device == input.device, lambda: (
@@ -96,8 +122,8 @@ def sgd_args(params, grads, momentum_buffers, init_momentum_buffers, momentum, g
         torch._check(len(init_momentum_buffers) == len(params), lambda: (
             f"{op}: got {len(params)} params but {len(init_momentum_buffers)} init_momentum_buffers flags"))
     for i, (p, g) in enumerate(zip(params, grads)):
-        torch._check_type(g.layout == torch.strided,
-                          lambda: f"{op}: grads[{i}] is sparse; FusedSGD does not support sparse gradients")
+        _check_type(g.layout == torch.strided,
+                    lambda: f"{op}: grads[{i}] is sparse; FusedSGD does not support sparse gradients")
         _floating(op, f"params[{i}]", p)
         _floating(op, f"grads[{i}]", g)
         torch._check(p.shape == g.shape, lambda: (
@@ -133,7 +159,7 @@ _ARGUMENTS = {
 
 
 def not_dense(op_name):
-    """A kernel for the sparse dispatch keys: a TypeError that names the sparse argument."""
+    """A kernel for the sparse dispatch keys: a TensorTypeError that names the sparse argument."""
     def kernel(*args, **kwargs):
         for name, value in zip(_ARGUMENTS[op_name], args):
             items = value if isinstance(value, (list, tuple)) else [value]
@@ -141,9 +167,9 @@ def not_dense(op_name):
                 if isinstance(t, torch.Tensor) and t.layout != torch.strided:
                     where = f"{name}[{i}]" if isinstance(value, (list, tuple)) else name
                     if op_name == "sgd_step_" and name == "grads":
-                        raise TypeError(f"fused_linreg.{op_name}: {where} is sparse; FusedSGD does not "
+                        raise TensorTypeError(f"fused_linreg.{op_name}: {where} is sparse; FusedSGD does not "
                                         "support sparse gradients")
-                    raise TypeError(f"fused_linreg.{op_name}: {where} must be a dense tensor, got "
-                                    f"layout {t.layout}")
-        raise TypeError(f"fused_linreg.{op_name}: every tensor argument must be dense (strided)")
+                    raise TensorTypeError(f"fused_linreg.{op_name}: {where} must be a dense tensor, got "
+                                          f"layout {t.layout}")
+        raise TensorTypeError(f"fused_linreg.{op_name}: every tensor argument must be dense (strided)")
     return kernel

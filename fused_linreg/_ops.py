@@ -8,6 +8,7 @@ from fused_linreg import _checks
 from fused_linreg._build_check import cuda_missing_message, load_extension
 
 _C = load_extension()
+_C._register_error_types(_checks.TensorTypeError, _checks.UnsupportedDtypeError)
 ops = torch.ops.fused_linreg
 
 

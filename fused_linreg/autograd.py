@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from fused_linreg import _checks
 from fused_linreg._ops import ops
 
 __all__ = ["LinearFunction", "LinearReLUFunction"]
@@ -24,7 +25,11 @@ class LinearFunction:
 
     @staticmethod
     def apply(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return ops.linear_forward(input, weight, bias)
+        try:
+            return ops.linear_forward(input, weight, bias)
+        except RuntimeError:
+            _checks.tensor_arguments("LinearFunction.apply", input=input, weight=weight, bias=bias)
+            raise
 
 
 class LinearReLUFunction:
@@ -35,4 +40,8 @@ class LinearReLUFunction:
 
     @staticmethod
     def apply(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return ops.linear_relu_forward(input, weight, bias)[0]
+        try:
+            return ops.linear_relu_forward(input, weight, bias)[0]
+        except RuntimeError:
+            _checks.tensor_arguments("LinearReLUFunction.apply", input=input, weight=weight, bias=bias)
+            raise

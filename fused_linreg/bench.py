@@ -42,7 +42,9 @@ def _parser():
     p.add_argument("--cases", default="all",
                    help="comma-separated groups (layer, mlp, gemm, memory, all) and case names "
                         "(4096x1024x1024, mlp-2048x1024x3, gemm-2048, any sizes); default all")
-    p.add_argument("--memory", action="store_true", help="also measure peak memory (issue #6)")
+    p.add_argument("--memory", action="store_true",
+                   help="also run the memory cases: peak memory of MLP training steps, with and "
+                        "without SGD inside the backward")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="time torch.compile too; auto: yes, except with --quick")
     p.add_argument("--quick", action="store_true",

@@ -1,9 +1,10 @@
-"""``python -m fused_linreg.demo``: the seed's linear regression, trained twice on the same data from
-the same initial weights: with plain PyTorch (``nn.Linear`` + ``torch.optim.SGD``) and with
-fused_linreg (``FusedLinear`` + ``FusedSGD``). Prints both losses, both times and the learned w, b.
+"""``python -m fused_linreg.demo``: the classic PyTorch linear-regression example, trained twice on
+the same data from the same initial weights: with plain PyTorch (``nn.Linear`` + ``torch.optim.SGD``)
+and with fused_linreg (``FusedLinear`` + ``FusedSGD``). Prints both losses, both times and the learned w, b.
 
-The model, loss, optimizer and loop are the seed's (a ``LinearRegressionModel`` holding one linear
-layer, ``MSELoss``, ``SGD(lr=0.01)``, full-batch steps), on synthetic data ``y = 2x + 1 + noise``.
+The model, loss, optimizer and loop are those of that example (a ``LinearRegressionModel`` holding
+one linear layer, ``MSELoss``, ``SGD(lr=0.01)``, full-batch steps), on synthetic data
+``y = 2x + 1 + noise``.
 """
 import argparse
 import copy
@@ -15,13 +16,14 @@ from torch import nn
 
 import fused_linreg
 from fused_linreg import FusedLinear, FusedSGD
+from fused_linreg._text import help_description
 
-__all__ = ["LinearRegressionModel", "make_data", "seed_step", "train", "main"]
+__all__ = ["LinearRegressionModel", "make_data", "train_step", "train", "main"]
 
 
 class LinearRegressionModel(nn.Module):
-    """The seed's model: ``out = linear(x)``. ``linear`` is the layer class, ``nn.Linear`` in the
-    seed; pass ``fused_linreg.FusedLinear`` for the fused kernels (nothing else changes)."""
+    """The classic example's model: ``out = linear(x)``. ``linear`` is the layer class, ``nn.Linear``
+    there; pass ``fused_linreg.FusedLinear`` for the fused kernels (nothing else changes)."""
 
     def __init__(self, input_dim: int, output_dim: int, linear: Type[nn.Linear] = nn.Linear):
         super().__init__()
@@ -39,12 +41,12 @@ def make_data(samples: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-criterion = nn.MSELoss()  # the seed's loss
+criterion = nn.MSELoss()  # the example's loss
 
 
-def seed_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
-              labels: torch.Tensor) -> torch.Tensor:
-    """One step of the seed's loop (full batch). Returns the loss."""
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+               labels: torch.Tensor) -> torch.Tensor:
+    """One step of the example's training loop (full batch). Returns the loss."""
     optimizer.zero_grad()
     outputs = model(inputs)
     loss = criterion(outputs, labels)
@@ -55,7 +57,7 @@ def seed_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.
 
 def train(runs: Dict[str, Tuple[nn.Module, torch.optim.Optimizer]], inputs: torch.Tensor,
           labels: torch.Tensor, epochs: int) -> Dict[str, Tuple[List[float], float]]:
-    """Trains every (model, optimizer) of ``runs`` for ``epochs`` with :func:`seed_step`,
+    """Trains every (model, optimizer) of ``runs`` for ``epochs`` with :func:`train_step`,
     interleaved epoch by epoch so that a busy machine slows all of them alike. Returns
     {name: (loss per epoch, seconds spent in that run's steps)}."""
     losses = {name: torch.empty(epochs) for name in runs}
@@ -63,17 +65,17 @@ def train(runs: Dict[str, Tuple[nn.Module, torch.optim.Optimizer]], inputs: torc
     for epoch in range(epochs):
         for name, (model, optimizer) in runs.items():
             start = time.perf_counter()
-            loss = seed_step(model, optimizer, inputs, labels)
+            loss = train_step(model, optimizer, inputs, labels)
             seconds[name] += time.perf_counter() - start
             losses[name][epoch] = loss  # no .item(): no sync inside the timed step
     return {name: (losses[name].tolist(), seconds[name]) for name in runs}
 
 
 def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m fused_linreg.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fused_linreg.demo", description=help_description(__doc__))
     p.add_argument("--epochs", type=int, default=1000, help="full-batch steps (default 1000)")
     p.add_argument("--samples", type=int, default=10000, help="data points (default 10000)")
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (the seed's 0.01)")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01, as in the example)")
     p.add_argument("--log-every", type=int, default=100, help="print the losses every N epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")

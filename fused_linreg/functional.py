@@ -3,6 +3,7 @@ from typing import Optional
 
 import torch
 
+from fused_linreg import _checks
 from fused_linreg._ops import ops
 from fused_linreg.in_backward import LinearInBackwardSGD, controller_for
 
@@ -17,10 +18,14 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 
     >>> y = fused_linreg.functional.linear(x, layer.weight, layer.bias)  # same as F.linear
     """
-    controller = controller_for(weight)
-    if controller is not None:
-        return LinearInBackwardSGD.apply(input, weight, bias, False, controller)
-    return _linear_forward(input, weight, bias)
+    try:
+        controller = controller_for(weight)
+        if controller is not None:
+            return LinearInBackwardSGD.apply(input, weight, bias, False, controller)
+        return _linear_forward(input, weight, bias)
+    except RuntimeError:
+        _checks.tensor_arguments("linear", input=input, weight=weight, bias=bias)
+        raise
 
 
 def linear_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -29,7 +34,11 @@ def linear_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     Only a 1-bit-per-element ReLU mask is kept for backward, not the output (and none at all
     when no autograd graph is recorded).
     """
-    controller = controller_for(weight)
-    if controller is not None:
-        return LinearInBackwardSGD.apply(input, weight, bias, True, controller)
-    return _linear_forward(input, weight, bias, True)
+    try:
+        controller = controller_for(weight)
+        if controller is not None:
+            return LinearInBackwardSGD.apply(input, weight, bias, True, controller)
+        return _linear_forward(input, weight, bias, True)
+    except RuntimeError:
+        _checks.tensor_arguments("linear_relu", input=input, weight=weight, bias=bias)
+        raise

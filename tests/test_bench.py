@@ -179,6 +179,22 @@ def test_report_marks_fused_slower_than_eager():
     assert "(1 of 1 fused rows)" in lines[-1]
 
 
+def test_report_counts_every_marked_row():
+    """The legend's count of slower fused rows is the number of marks, the in-backward SGD rows
+    ("fused-inbwd") included."""
+    case = cases.MlpCase(8, 8, 2)
+    stats = lambda ms: Stats(ms, ms, ms, ms, ms, 5, 1)  # noqa: E731
+    rows = [report.speed_row(case, "step", "fused", stats(2.0)),
+            report.speed_row(case, "step", "eager", stats(1.0)),
+            report.speed_row(case, "step", "fused-inbwd", stats(3.0)),
+            report.speed_row(case, "step", "compile", stats(0.5))]
+    report.add_speedups(rows)
+    text = report.format_speed(rows)
+    marked = [line for line in text.splitlines()[2:-1] if line.endswith(report.SLOWER_MARK)]
+    assert len(marked) == 2
+    assert "(2 of 2 fused rows)" in text.splitlines()[-1]
+
+
 def test_fma_peak_binding():
     assert _C.measure_fma_peak_gflops("float32", "", 0.02) > 0
     assert _C.measure_fma_peak_gflops("float64", "generic", 0.02) > 0

@@ -61,22 +61,22 @@ FORWARD_CASES = {
     "bias_shape": ("x, w, torch.randn(6)", "RuntimeError", [r"bias", r"\b5\b", r"\b6\b"]),
     "bias_2d": ("x, w, torch.randn(1, 5)", "RuntimeError", [r"bias"]),
     "input_0d": ("torch.tensor(1.0), torch.randn(5, 1), None", "RuntimeError", [r"input", r"0-d"]),
-    "dtype_mismatch": ("x.double(), w, None", "TypeError", [r"input", r"weight", r"dtype"]),
-    "bias_dtype": ("x, w, b.double()", "TypeError", [r"bias", r"dtype"]),
-    "int_input": ("x.long(), w.long(), None", "TypeError", [r"input", r"float"]),
-    "int_weight": ("x, w.int(), None", "TypeError", [r"weight", r"float"]),
-    "bool_input": ("x > 0, w > 0, None", "TypeError", [r"input", r"float"]),
-    "complex_input": ("x.cfloat(), w.cfloat(), None", "TypeError", [r"input", r"float"]),
-    "uint8_input": ("x.byte(), w.byte(), None", "TypeError", [r"input", r"float"]),
+    "dtype_mismatch": ("x.double(), w, None", "TensorTypeError", [r"input", r"weight", r"dtype"]),
+    "bias_dtype": ("x, w, b.double()", "TensorTypeError", [r"bias", r"dtype"]),
+    "int_input": ("x.long(), w.long(), None", "UnsupportedDtypeError", [r"input", r"float"]),
+    "int_weight": ("x, w.int(), None", "UnsupportedDtypeError", [r"weight", r"float"]),
+    "bool_input": ("x > 0, w > 0, None", "UnsupportedDtypeError", [r"input", r"float"]),
+    "complex_input": ("x.cfloat(), w.cfloat(), None", "UnsupportedDtypeError", [r"input", r"float"]),
+    "uint8_input": ("x.byte(), w.byte(), None", "UnsupportedDtypeError", [r"input", r"float"]),
     "device_input_meta": ("meta(3, 4), w, None", "RuntimeError", [r"input", r"weight", r"device"]),
     "device_weight_meta": ("x, meta(5, 4), None", "RuntimeError", [r"input", r"weight", r"device"]),
     "device_bias_meta": ("x, w, meta(5)", "RuntimeError", [r"bias", r"device"]),
     "meta_in_features": ("meta(3, 4), meta(5, 6), None", "RuntimeError", [r"in_features", r"\b4\b", r"\b6\b"]),
-    "meta_dtype": ("meta(3, 4), meta(5, 4, dtype=torch.float64), None", "TypeError", [r"input", r"weight", r"dtype"]),
-    "meta_int": ("meta(3, 4, dtype=torch.int32), meta(5, 4, dtype=torch.int32), None", "TypeError",
+    "meta_dtype": ("meta(3, 4), meta(5, 4, dtype=torch.float64), None", "TensorTypeError", [r"input", r"weight", r"dtype"]),
+    "meta_int": ("meta(3, 4, dtype=torch.int32), meta(5, 4, dtype=torch.int32), None", "UnsupportedDtypeError",
                  [r"input", r"float"]),
-    "sparse_input": ("x.to_sparse(), w, None", "TypeError", [r"input", r"dense|sparse"]),
-    "sparse_weight": ("x, w.to_sparse(), None", "TypeError", [r"weight", r"dense|sparse"]),
+    "sparse_input": ("x.to_sparse(), w, None", "TensorTypeError", [r"input", r"dense|sparse"]),
+    "sparse_weight": ("x, w.to_sparse(), None", "TensorTypeError", [r"weight", r"dense|sparse"]),
     "not_a_tensor": ("[[1.0, 2.0, 3.0, 4.0]], w, None", "RuntimeError|TypeError", [r"input"]),
     "huge_output": ("huge_rows, torch.randn(4, 1), None", "RuntimeError", [r"output|input", r"2\^63|too"]),
     "huge_meta_output": ("meta(2 ** 40, 8), meta(2 ** 40, 8), None", "RuntimeError", [r"output|input", r"2\^63|too"]),
@@ -87,14 +87,14 @@ OTHER_CASES = {
     "backward_grad_output_shape": ("ops.linear_backward(torch.randn(3, 4), x, w, None, [True] * 3)",
                                    "RuntimeError", [r"grad_output", r"\[3, 5\]"]),
     "backward_grad_output_dtype": ("ops.linear_backward(go.double(), x, w, None, [True] * 3)",
-                                   "TypeError", [r"grad_output", r"dtype"]),
+                                   "TensorTypeError", [r"grad_output", r"dtype"]),
     "backward_grad_output_int": ("ops.linear_backward(go.long(), x, w, None, [True] * 3)",
-                                 "TypeError", [r"grad_output", r"float"]),
+                                 "UnsupportedDtypeError", [r"grad_output", r"float"]),
     "backward_grad_output_meta": ("ops.linear_backward(meta(3, 5), x, w, None, [True] * 3)",
                                   "RuntimeError", [r"grad_output", r"device"]),
     "backward_in_features": ("ops.linear_backward(go, torch.randn(3, 6), w, None, [True] * 3)",
                              "RuntimeError", [r"in_features"]),
-    "backward_mask_dtype": ("ops.linear_backward(go, x, w, mask.float(), [True] * 3)", "TypeError|RuntimeError",
+    "backward_mask_dtype": ("ops.linear_backward(go, x, w, mask.float(), [True] * 3)", "TensorTypeError",
                             [r"relu_mask", r"uint8"]),
     "backward_mask_shape": ("ops.linear_backward(go, x, w, mask[:, :2], [True] * 3)", "RuntimeError",
                             [r"relu_mask", r"shape"]),
@@ -105,7 +105,7 @@ OTHER_CASES = {
     "backward_output_mask_length": ("ops.linear_backward(go, x, w, None, [True, True])", "RuntimeError",
                                     [r"List with 2 elements", r"size 3"]),
     "backward_sparse_grad_output": ("ops.linear_backward(go.to_sparse(), x, w, None, [True] * 3)",
-                                    "TypeError", [r"grad_output", r"dense|sparse"]),
+                                    "TensorTypeError", [r"grad_output", r"dense|sparse"]),
     # linear_backward_sgd_ (SGD inside the backward)
     "bsgd_in_features": ("bsgd(torch.zeros(5, 6), wb=torch.zeros(5, 6))", "RuntimeError", [r"in_features"]),
     "bsgd_grad_output_shape": ("bsgd(w0, wb=wb0, grad_output=torch.randn(3, 6))", "RuntimeError",
@@ -114,8 +114,8 @@ OTHER_CASES = {
     "bsgd_missing_buffer": ("bsgd(w0)", "RuntimeError", [r"weight_momentum_buffer"]),
     "bsgd_missing_bias_buffer": ("bsgd(w0, b=torch.zeros(5), wb=wb0)", "RuntimeError", [r"bias_momentum_buffer"]),
     "bsgd_buffer_shape": ("bsgd(w0, wb=torch.zeros(4, 5))", "RuntimeError", [r"weight_momentum_buffer", r"shape"]),
-    "bsgd_buffer_dtype": ("bsgd(w0, wb=wb0.double())", "TypeError", [r"weight_momentum_buffer", r"dtype"]),
-    "bsgd_int_weight": ("bsgd(w0.long(), wb=wb0.long())", "TypeError", [r"weight", r"float"]),
+    "bsgd_buffer_dtype": ("bsgd(w0, wb=wb0.double())", "TensorTypeError", [r"weight_momentum_buffer", r"dtype"]),
+    "bsgd_int_weight": ("bsgd(w0.long(), wb=wb0.long())", "UnsupportedDtypeError", [r"weight", r"float"]),
     "bsgd_buffer_is_weight": ("bsgd(w0, wb=w0)", "RuntimeError", [r"weight\b", r"weight_momentum_buffer", r"share"]),
     "bsgd_buffer_overlaps_weight": ("base = torch.zeros(40); bsgd(base[:20].view(5, 4), wb=base[4:24].view(5, 4))",
                                     "RuntimeError", [r"weight", r"weight_momentum_buffer", r"share"]),
@@ -128,7 +128,7 @@ OTHER_CASES = {
                              [r"weight_momentum_buffer", r"contiguous|expanded|share"]),
     "bsgd_meta_weight": ("bsgd(meta(5, 4), wb=wb0)", "RuntimeError", [r"weight", r"device"]),
     "bsgd_meta_buffer": ("bsgd(w0, wb=meta(5, 4))", "RuntimeError", [r"weight_momentum_buffer", r"device"]),
-    "bsgd_sparse_grad_output": ("bsgd(w0, wb=wb0, grad_output=go.to_sparse())", "TypeError",
+    "bsgd_sparse_grad_output": ("bsgd(w0, wb=wb0, grad_output=go.to_sparse())", "TensorTypeError",
                                 [r"grad_output", r"dense|sparse"]),
     # sgd_step_
     "sgd_fewer_grads": ("sgd([p, q], [g1])", "RuntimeError", [r"2 params", r"1 grads"]),
@@ -141,19 +141,19 @@ OTHER_CASES = {
     "sgd_grad_shape_second": ("sgd([p, q], [g1, torch.ones(2, 5)])", "RuntimeError", [r"grads\[1\]", r"shape"]),
     "sgd_buffer_shape": ("sgd([p], [g1], [torch.zeros(9)], [False], momentum=0.9)", "RuntimeError",
                          [r"momentum_buffers\[0\]", r"shape"]),
-    "sgd_grad_dtype": ("sgd([p], [g1.double()])", "TypeError", [r"grads\[0\]", r"dtype"]),
+    "sgd_grad_dtype": ("sgd([p], [g1.double()])", "TensorTypeError", [r"grads\[0\]", r"dtype"]),
     "sgd_buffer_dtype": ("sgd([p], [g1], [torch.zeros(10, dtype=torch.float64)], [False], momentum=0.9)",
-                         "TypeError", [r"momentum_buffers\[0\]", r"dtype"]),
-    "sgd_int_params": ("sgd([p.long()], [g1.long()])", "TypeError", [r"params\[0\]", r"float"]),
-    "sgd_bool_params": ("sgd([p.bool()], [g1.bool()])", "TypeError", [r"params\[0\]", r"float"]),
-    "sgd_int_grad": ("sgd([p], [g1.int()])", "TypeError", [r"grads\[0\]", r"float|dtype"]),
+                         "TensorTypeError", [r"momentum_buffers\[0\]", r"dtype"]),
+    "sgd_int_params": ("sgd([p.long()], [g1.long()])", "UnsupportedDtypeError", [r"params\[0\]", r"float"]),
+    "sgd_bool_params": ("sgd([p.bool()], [g1.bool()])", "UnsupportedDtypeError", [r"params\[0\]", r"float"]),
+    "sgd_int_grad": ("sgd([p], [g1.int()])", "UnsupportedDtypeError", [r"grads\[0\]", r"float|dtype"]),
     "sgd_int_buffer": ("sgd([p], [g1], [torch.zeros(10, dtype=torch.int32)], [False], momentum=0.9)",
-                       "TypeError", [r"momentum_buffers\[0\]", r"float|dtype"]),
+                       "UnsupportedDtypeError", [r"momentum_buffers\[0\]", r"float|dtype"]),
     "sgd_grad_meta": ("sgd([p], [meta(10)])", "RuntimeError", [r"grads\[0\]", r"device"]),
     "sgd_params_two_devices": ("sgd([p, meta(10)], [g1, meta(10)])", "RuntimeError", [r"params", r"device"]),
     "sgd_buffer_meta": ("sgd([p], [g1], [meta(10)], [True], momentum=0.9)", "RuntimeError",
                         [r"momentum_buffers\[0\]", r"device"]),
-    "sgd_sparse_grad": ("sgd([p], [g1.to_sparse()])", "TypeError|RuntimeError", [r"grads\[0\]", r"sparse"]),
+    "sgd_sparse_grad": ("sgd([p], [g1.to_sparse()])", "TensorTypeError", [r"grads\[0\]", r"sparse"]),
     "sgd_duplicate_param": ("sgd([p, p], [g1, g2])", "RuntimeError", [r"params\[0\]", r"params\[1\]", r"share"]),
     "sgd_overlapping_params": ("base = torch.zeros(20); sgd([base[:10], base[5:15]], [g1, g2])", "RuntimeError",
                                [r"params\[0\]", r"params\[1\]", r"share"]),
@@ -183,15 +183,15 @@ OTHER_CASES = {
     "FusedSGD_sparse_grad": ("pp = torch.nn.Parameter(torch.zeros(4, 3)); pp.grad = torch.ones(4, 3).to_sparse(); "
                              "fl.FusedSGD([pp], lr=0.1).step()", "RuntimeError|TypeError", [r"sparse"]),
     "FusedSGD_int_param": ("pi = torch.zeros(3, dtype=torch.int64); pi.grad = torch.ones(3, dtype=torch.int64); "
-                           "fl.FusedSGD([pi], lr=0.1).step()", "TypeError", [r"params\[0\]", r"float"]),
+                           "fl.FusedSGD([pi], lr=0.1).step()", "UnsupportedDtypeError", [r"params\[0\]", r"float"]),
     "FusedSGD_negative_lr": ("fl.FusedSGD([p], lr=-1.0)", "ValueError", [r"learning rate|lr"]),
     "module_in_features": ("fl.FusedLinear(4, 5)(torch.randn(3, 6))", "RuntimeError", [r"in_features", r"\b6\b", r"\b4\b"]),
     "module_relu_in_features": ("fl.FusedLinearReLU(4, 5)(torch.randn(3, 6))", "RuntimeError",
                                 [r"in_features", r"\b6\b", r"\b4\b"]),
     "module_0d": ("fl.FusedLinear(1, 5)(torch.tensor(1.0))", "RuntimeError", [r"input", r"0-d"]),
-    "module_int_input": ("fl.FusedLinearReLU(4, 5)(torch.ones(3, 4, dtype=torch.int64))", "TypeError",
+    "module_int_input": ("fl.FusedLinearReLU(4, 5)(torch.ones(3, 4, dtype=torch.int64))", "UnsupportedDtypeError",
                          [r"input", r"float"]),
-    "module_dtype_mismatch": ("fl.FusedLinear(4, 5)(torch.randn(3, 4, dtype=torch.float64))", "TypeError",
+    "module_dtype_mismatch": ("fl.FusedLinear(4, 5)(torch.randn(3, 4, dtype=torch.float64))", "TensorTypeError",
                               [r"input", r"weight", r"dtype"]),
     "from_linear_not_linear": ("fl.FusedLinear.from_linear(torch.nn.Conv1d(3, 3, 1))", "TypeError", [r"nn.Linear"]),
     "set_cpu_isa_unknown": ("fl.set_cpu_isa('sse9')", "ValueError", [r"sse9", r"supported"]),
@@ -283,6 +283,68 @@ def test_bad_input_raises_naming_the_argument(name, subprocess_results):
         _check(type(e).__name__, str(e), expected_types, patterns, name)
     else:
         pytest.fail(f"{name}: no exception raised in-process")
+
+
+# What plain PyTorch raises for the same input: F.linear for the functional forms and autograd
+# Functions, aten's op through torch.ops for the raw ops (both argument parsers are PyTorch's:
+# F.linear's raises TypeError for a non-tensor, the ops' schema parser RuntimeError), nn.Linear
+# for the modules, torch.optim.SGD for FusedSGD. Code that catches what PyTorch raises must catch
+# ours; where PyTorch raises nothing (it supports more dtypes and layouts), there is nothing to match.
+TORCH_FORWARDS = {
+    "op_linear": "torch.ops.aten.linear({})",
+    "op_linear_relu": "torch.ops.aten.relu(torch.ops.aten.linear({}))",
+    "functional_linear": "F.linear({})",
+    "functional_linear_relu": "F.relu(F.linear({}))",
+    "LinearFunction": "F.linear({})",
+    "LinearReLUFunction": "F.relu(F.linear({}))",
+}
+TORCH_EQUIVALENTS = {f"{fname}-{cname}": template.format(args)
+                     for fname, template in TORCH_FORWARDS.items()
+                     for cname, (args, _, _) in FORWARD_CASES.items()}
+TORCH_EQUIVALENTS.update({
+    name: code.replace("fl.FusedLinearReLU", "torch.nn.Linear").replace("fl.FusedLinear", "torch.nn.Linear")
+    .replace("fl.FusedSGD", "torch.optim.SGD")
+    for name, (code, _, _) in OTHER_CASES.items() if name.startswith(("module_", "FusedSGD_"))
+})
+
+
+def _raised(code):
+    ns = {}
+    exec(compile(textwrap.dedent(SETUP), "<setup>", "exec"), ns)
+    try:
+        exec(compile(code, "<case>", "exec"), ns)
+    except Exception as e:  # noqa: BLE001
+        return e
+    return None
+
+
+def test_torch_raises_for_the_cases_compared():
+    """The comparison below covers the kinds of bad input nn.Linear rejects: wrong dtypes, shape
+    and device mismatches, a non-tensor (else it would compare nothing)."""
+    raising = {name.split("-")[-1] for name, code in TORCH_EQUIVALENTS.items() if _raised(code) is not None}
+    assert {"dtype_mismatch", "bias_dtype", "int_weight", "bool_input", "in_features", "bias_shape",
+            "device_bias_meta", "not_a_tensor", "module_dtype_mismatch", "module_int_input",
+            "FusedSGD_int_param"} <= raising, raising
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_EQUIVALENTS))
+def test_bad_input_raises_what_torch_raises(name, subprocess_results):
+    expected = _raised(TORCH_EQUIVALENTS[name])
+    assert subprocess_results[name]["type"] not in ("CRASH", None), subprocess_results[name]
+    ours = _raised(CASES[name][0])  # safe in this process: it raised cleanly in the subprocess
+    if expected is not None:
+        assert isinstance(ours, type(expected)), (
+            f"{name}: PyTorch raises {type(expected).__name__} ({expected}); ours raises "
+            f"{type(ours).__name__}, which is not one: {ours}")
+
+
+def test_type_errors_are_also_what_torch_raises():
+    """The wrong-dtype/layout errors stay TypeErrors (what fused_linreg raised before) and are
+    RuntimeErrors as nn.Linear's; unsupported dtypes are also NotImplementedErrors, as ATen's."""
+    import fused_linreg as fl
+    assert issubclass(fl.TensorTypeError, TypeError) and issubclass(fl.TensorTypeError, RuntimeError)
+    assert issubclass(fl.UnsupportedDtypeError, fl.TensorTypeError)
+    assert issubclass(fl.UnsupportedDtypeError, NotImplementedError)
 
 
 def test_runner_reports_crashes():

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "cpu/gemm_args.h"
+#include "errors.h"
 
 namespace fused_linreg::cpu {
 
@@ -20,7 +21,7 @@ template <typename F> void dispatch_dtype(at::ScalarType dtype, const char* op, 
     case at::kFloat: return f(float{});
     case at::kDouble: return f(double{});
     case at::kBFloat16: return f(BFloat16{});
-    default: TORCH_CHECK_TYPE(false, op, ": unsupported dtype ", dtype, " on CPU");
+    default: FUSED_LINREG_CHECK_DTYPE_SUPPORTED(false, op, ": unsupported dtype ", dtype, " on CPU");
   }
 }
 

@@ -198,7 +198,8 @@ void linear_backward_sgd_(const at::Tensor& grad_output, const at::Tensor& input
                           bool nesterov, bool maximize) {
   check_linear_backward_sgd_args(grad_output, input, weight, relu_mask, bias,
                                  weight_momentum_buffer, bias_momentum_buffer, momentum);
-  TORCH_CHECK_TYPE(!is_half(input), "fused_linreg.linear_backward_sgd_: float16 is not supported on CPU");
+  FUSED_LINREG_CHECK_DTYPE_SUPPORTED(!is_half(input),
+                                     "fused_linreg.linear_backward_sgd_: float16 is not supported on CPU");
   const at::Tensor go = as_rows(grad_output);
   const at::Tensor x = as_rows(input);
   const at::Tensor mask = relu_mask.has_value() ? mask_rows(*relu_mask) : at::Tensor();

@@ -69,7 +69,7 @@ class GemmCase:
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    """Issue #6: peak memory of training steps of an MLP (batch, width, depth), per momentum."""
+    """The memory cases: peak memory of training steps of an MLP (batch, width, depth), per momentum."""
 
     batch: int
     width: int
@@ -79,8 +79,9 @@ class MemoryConfig:
 
 
 _DEFAULT = {
-    # Issue #3's cases, then the narrow and short outputs that have paths of their own: the seed's
-    # model over its 10000 points, a regression head, a batch of one.
+    # Large and mid-sized layers, then the narrow and short outputs that have paths of their own:
+    # the classic linear-regression example (one feature) over 10000 points, a regression head, a
+    # batch of one.
     "layer": [LayerCase(4096, 1024, 1024), LayerCase(512, 256, 256), LayerCase(65536, 64, 64),
               LayerCase(64, 4096, 4096), LayerCase(100, 1, 1), LayerCase(10000, 1, 1),
               LayerCase(10000, 64, 1), LayerCase(1, 1024, 1024)],

@@ -1,4 +1,4 @@
-"""Peak memory of MLP training steps (issue #6), each variant in a fresh process.
+"""Peak memory of MLP training steps (the benchmark's memory cases), each variant in a fresh process.
 
 The parent starts ``python -m fused_linreg._bench.memory`` once per (momentum, variant); the
 child runs a tiny model's steps (one-time initialization), builds the model, optimizer and data,

@@ -14,6 +14,13 @@ __all__ = ["SLOWER_MARK", "speed_row", "add_speedups", "format_header", "format_
 SLOWER_MARK = "!"  # on fused_linreg's rows where eager PyTorch is faster
 
 
+def _fused_slower(row):
+    """(a fused_linreg row compared with eager, slower than eager): "fused" and "fused-inbwd"."""
+    speedup = row.get("speedup_vs_eager") if row["status"] == "ok" else None
+    compared = row["impl"].startswith("fused") and speedup is not None
+    return compared, compared and speedup < 1
+
+
 def speed_row(case, pass_, impl, result, *, peak_gflops=None, compile_s=None):
     """A row from a timing result (Stats, or a str saying why there is none)."""
     row = {"case": case.name, "group": case.group, "pass": pass_, "impl": impl}
@@ -103,17 +110,17 @@ def format_speed(rows):
             out.append(lead + [r["impl"], f"{r['status']}: {r['reason']}"])
             continue
         speedup = r.get("speedup_vs_eager")
-        mark = SLOWER_MARK if r["impl"].startswith("fused") and speedup is not None and speedup < 1 else ""
+        mark = SLOWER_MARK if _fused_slower(r)[1] else ""
         out.append(lead + [
             r["impl"], _sig(r["median_ms"], 4), _sig(r["q3_ms"] - r["q1_ms"], 2), _sig(r["min_ms"], 4),
             _sig(r["max_ms"], 4), _sig(r["gflops"], 3), _fmt(r["pct_peak"], ".1f"),
             (_fmt(speedup, ".2f") + "x" if speedup is not None else "-") + mark.rjust(2),
         ])
     table = _table(header, out, right)
-    compared = [r for r in rows if r["impl"] == "fused" and r.get("speedup_vs_eager") is not None]
-    slower = [r for r in compared if r["speedup_vs_eager"] < 1]
+    marks = [_fused_slower(r) for r in rows]
+    compared, slower = sum(c for c, _ in marks), sum(s for _, s in marks)
     legend = (f"eager/this: eager PyTorch's median time / this row's (> 1: faster than eager). "
-              f"'{SLOWER_MARK}': fused_linreg slower than eager ({len(slower)} of {len(compared)} "
+              f"'{SLOWER_MARK}': fused_linreg slower than eager ({slower} of {compared} "
               f"fused rows). % peak: GFLOP/s of the matrix products / the measured FMA peak.")
     return table + "\n" + legend
 
