@@ -14,7 +14,9 @@ steps with the options of its own param group. Setups whose answer would differ 
 torch.optim.SGD are refused before any parameter changes: several processes (DDP all-reduces
 gradients the backward has already applied), GradScaler (it unscales and skips steps after the
 backward), two forwards of a layer before its backward (gradient accumulation, shared weights),
-a second backward through an updated graph.
+a backward after step() without optimizer.zero_grad() (torch would add the gradients), a second
+pass through an updated graph. Parameters whose gradient hooks must run, or that the kernels
+cannot write in place, get ordinary gradients. The full list: docs/in_backward.md.
 """
 import gc
 import weakref
