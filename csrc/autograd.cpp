@@ -238,11 +238,14 @@ std::tuple<at::Tensor, at::Tensor> linear_relu_forward_autograd(const at::Tensor
 LinearGrads linear_backward_autograd(const at::Tensor& grad_output, const at::Tensor& input,
                                      const at::Tensor& weight, const OptionalTensor& relu_mask,
                                      std::array<bool, 3> output_mask) {
-  // grad_input depends on grad_output and weight, grad_weight on grad_output and input.
+  // grad_input depends on grad_output and weight, grad_weight on grad_output and input. With a
+  // ReLU every gradient also depends on input and weight through the mask: a zero derivative, but
+  // recorded, as PyTorch's threshold_backward does, so that differentiating again is not an error.
   using torch::autograd::compute_requires_grad;
   const bool grad = compute_requires_grad(grad_output) ||
                     (output_mask[0] && compute_requires_grad(weight)) ||
-                    (output_mask[1] && compute_requires_grad(input));
+                    (output_mask[1] && compute_requires_grad(input)) ||
+                    (relu_mask.has_value() && compute_requires_grad(input, weight));
   const bool tangents = has_tangent(grad_output) || has_tangent(input) || has_tangent(weight);
   c10::intrusive_ptr<FusedLinearBackwardBackward> node;
   if (grad) {

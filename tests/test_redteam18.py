@@ -76,16 +76,18 @@ def test_vectorized_hessian(op):
 # ---- second derivatives -------------------------------------------------------------------------
 
 
-def test_second_derivative_wrt_input_of_a_relu_layer_with_frozen_weights():
-    """d/dx of grad_x for a ReLU layer whose weight and bias do not require grad: PyTorch's answer
-    is zero (the mask is locally constant); fused_linreg's grad_x records no graph, so the second
-    torch.autograd.grad raises 'element 0 of tensors does not require grad'."""
+@pytest.mark.parametrize("wrt", [0, 1], ids=["input", "weight"])
+def test_second_derivative_of_a_relu_layer_wrt_the_only_tensor_that_requires_grad(wrt):
+    """d/dx of grad_x for a ReLU layer whose weight and bias do not require grad (likewise d/dW of
+    grad_W with x and b frozen): PyTorch's answer is zero (the mask is locally constant);
+    fused_linreg's gradient recorded no graph, so the second torch.autograd.grad raised 'element 0
+    of tensors does not require grad'."""
     results = []
     for fn in (fused, reference):
-        x, w, b = _inputs()
-        x.requires_grad_()
-        (gx,) = torch.autograd.grad(fn("linear_relu", x, w, b).sum(), x, create_graph=True)
-        results.append(torch.autograd.grad(gx.sum(), x, allow_unused=True, materialize_grads=True)[0])
+        tensors = _inputs()
+        t = tensors[wrt].requires_grad_()
+        (g,) = torch.autograd.grad(fn("linear_relu", *tensors).sum(), t, create_graph=True)
+        results.append(torch.autograd.grad(g.sum(), t, allow_unused=True, materialize_grads=True)[0])
     torch.testing.assert_close(results[0], results[1])
 
 
