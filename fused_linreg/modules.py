@@ -27,13 +27,22 @@ def computed_tensors(linear: nn.Linear) -> "list[str]":
     return [name for name in ("weight", "bias") if name not in linear._parameters and name not in pruned]
 
 
-def _computed_by(linear: nn.Linear, names: "list[str]") -> str:
-    """What computes the tensors ``names`` of ``linear``, for an error message."""
-    if parametrize.is_parametrized(linear):
-        return "torch.nn.utils.parametrize ({})".format(", ".join(
-            type(p).__name__ for name in names if parametrize.is_parametrized(linear, name)
-            for p in linear.parametrizations[name]))
-    return "forward pre-hooks ({})".format(", ".join(type(h).__name__ for h in linear._forward_pre_hooks.values()))
+def _what_is(linear: nn.Linear, name: str) -> str:
+    """What ``linear``'s tensor ``name`` is instead of a Parameter, for an error message."""
+    if parametrize.is_parametrized(linear, name):
+        return "computed by torch.nn.utils.parametrize ({})".format(
+            ", ".join(type(p).__name__ for p in linear.parametrizations[name]))
+    if name in linear._buffers:
+        return "a buffer"
+    if name not in vars(linear):
+        return "missing"
+    if vars(linear)[name] is None:
+        return (f"a plain attribute set to None (register_parameter({name!r}, None) is how an "
+                "nn.Linear has none)")
+    hooks = [type(h).__name__ for h in linear._forward_pre_hooks.values()]
+    if hooks:
+        return "computed by forward pre-hooks ({})".format(", ".join(hooks))
+    return "a plain tensor attribute"
 
 
 class _FusedLinearBase(nn.Linear):
@@ -52,12 +61,12 @@ class _FusedLinearBase(nn.Linear):
             raise TypeError(f"{cls.__name__}.from_linear expects a torch.nn.Linear, got {type(linear).__name__}")
         computed = computed_tensors(linear)
         if computed:
-            how = _computed_by(linear, computed)
+            what = "; ".join(f"{name} is not a Parameter but {_what_is(linear, name)}" for name in computed)
             raise TypeError(
-                f"{cls.__name__}.from_linear: the Linear's {' and '.join(computed)} is not a Parameter "
-                f"but computed by {how}; only torch.nn.utils.prune is carried over. Remove the "
-                "reparametrization first (e.g. torch.nn.utils.parametrize.remove_parametrizations) "
-                "or keep this layer an nn.Linear")
+                f"{cls.__name__}.from_linear: the Linear's {what}; only torch.nn.utils.prune is "
+                "carried over. Remove the reparametrization first (e.g. "
+                "torch.nn.utils.parametrize.remove_parametrizations), make it a Parameter, or keep "
+                "this layer an nn.Linear")
         # Built on the meta device so that no weight is allocated or initialized twice.
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         # The Linear's own Parameters and buffers, in its order, so that state_dict keys match

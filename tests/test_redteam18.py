@@ -180,7 +180,11 @@ def test_from_linear_error_for_a_buffer_weight_says_what_it_is():
     with pytest.raises(TypeError) as info:
         fused_linreg.FusedLinear.from_linear(lin)
     assert "pre-hooks ()" not in str(info.value)
-    assert "buffer" in str(info.value)
+    assert "weight is not a Parameter but a buffer" in str(info.value)
+    del lin.bias
+    lin.bias = None
+    with pytest.raises(TypeError, match=r"bias is not a Parameter but a plain attribute set to None"):
+        fused_linreg.FusedLinear.from_linear(lin)
 
 
 def test_torchscript_of_a_module_calling_the_functional_api_is_a_clear_error():
