@@ -4,7 +4,8 @@ from typing import Dict, TypeVar
 
 from torch import nn
 
-from fused_linreg.modules import FusedLinear, FusedLinearReLU, computed_tensors, pruning_hooks
+from fused_linreg.modules import (FusedLinear, FusedLinearReLU, bound_to_instance, computed_tensors,
+                                  pruning_hooks)
 
 __all__ = ["fuse"]
 
@@ -31,8 +32,9 @@ def _has_hooks(module: nn.Module) -> bool:
 
 
 def _fusable(module: nn.Module) -> bool:
-    """A Linear whose weight and bias are Parameters (or pruned ones): from_linear carries it over."""
-    return type(module) in _LINEARS and not computed_tensors(module)
+    """A Linear whose weight and bias are Parameters (or pruned ones) and whose forward is its
+    class's: from_linear carries it over."""
+    return type(module) in _LINEARS and not computed_tensors(module) and not bound_to_instance(module)
 
 
 def _replacement(linear: nn.Module, cls: type, memo: Dict[tuple, nn.Module]) -> nn.Module:
@@ -107,9 +109,10 @@ def fuse(model: M, inplace: bool = False) -> M:
     returned model keeps firing them.
 
     A layer pruned with ``torch.nn.utils.prune`` is fused and stays pruned (same ``weight_orig``,
-    ``weight_mask`` and pruning hook, same ``state_dict`` keys). A Linear whose weight another
-    reparametrization computes (``weight_norm``, ``spectral_norm``, ``parametrize``) is left as it
-    is.
+    ``weight_mask`` and pruning hook, same ``state_dict`` keys). Modules and attributes attached
+    to a Linear (observers, adapters, tags) are carried over to its fused layer. A Linear whose
+    weight another reparametrization computes (``weight_norm``, ``spectral_norm``, ``parametrize``)
+    or whose ``forward`` was replaced on the instance is left as it is.
 
     >>> model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     >>> model = fused_linreg.fuse(model)

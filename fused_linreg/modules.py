@@ -45,6 +45,22 @@ def _what_is(linear: nn.Linear, name: str) -> str:
     return "a plain tensor attribute"
 
 
+# What an nn.Linear holds in its instance __dict__ by itself; any other key was added to it.
+_LINEAR_ATTRIBUTES = frozenset(vars(nn.Linear(1, 1, device="meta")))
+
+
+def _added_attributes(linear: nn.Linear) -> "list[str]":
+    return [name for name in vars(linear) if name not in _LINEAR_ATTRIBUTES]
+
+
+def bound_to_instance(linear: nn.Linear) -> "list[str]":
+    """The attributes of ``linear`` that a fused layer cannot take over: a ``forward`` replaced on
+    the instance (the fused layer computes F.linear instead), and methods bound to ``linear``
+    itself (``module.compile()``'s, an adapter's), which would keep computing with it."""
+    return [name for name in _added_attributes(linear)
+            if name == "forward" or getattr(vars(linear)[name], "__self__", None) is linear]
+
+
 class _FusedLinearBase(nn.Linear):
     @classmethod
     def from_linear(cls: "type[_Fused]", linear: nn.Linear) -> _Fused:
@@ -54,9 +70,11 @@ class _FusedLinearBase(nn.Linear):
         A Linear pruned with ``torch.nn.utils.prune`` stays pruned: the fused layer gets its
         ``weight_orig`` Parameter, ``weight_mask`` buffer and pruning forward pre-hook (the same
         objects; likewise for a pruned bias), so its ``state_dict`` keys are the Linear's and
-        ``prune.remove`` works on it. A weight computed by another reparametrization
-        (``parametrizations.weight_norm``, ``spectral_norm``, ``parametrize``) is a TypeError:
-        ``fuse()`` leaves such layers as they are."""
+        ``prune.remove`` works on it. Modules and attributes set on the Linear are carried over
+        too (the same objects). A weight or bias that is not a Parameter (computed by another
+        reparametrization: ``parametrizations.weight_norm``, ``spectral_norm``, ``parametrize``;
+        or a buffer) and a ``forward`` replaced on the instance are a TypeError: ``fuse()``
+        leaves such layers as they are."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"{cls.__name__}.from_linear expects a torch.nn.Linear, got {type(linear).__name__}")
         computed = computed_tensors(linear)
@@ -67,6 +85,12 @@ class _FusedLinearBase(nn.Linear):
                 "carried over. Remove the reparametrization first (e.g. "
                 "torch.nn.utils.parametrize.remove_parametrizations), make it a Parameter, or keep "
                 "this layer an nn.Linear")
+        bound = bound_to_instance(linear)
+        if bound:
+            raise TypeError(
+                f"{cls.__name__}.from_linear: the Linear has {', '.join(bound)} set on the instance "
+                "(a replaced forward, or methods bound to it), which the fused layer would not "
+                "run; keep this layer an nn.Linear")
         # Built on the meta device so that no weight is allocated or initialized twice.
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         # The Linear's own Parameters and buffers, in its order, so that state_dict keys match
@@ -74,8 +98,12 @@ class _FusedLinearBase(nn.Linear):
         module._parameters = dict(linear._parameters)
         module._buffers = dict(linear._buffers)
         module._non_persistent_buffers_set = set(linear._non_persistent_buffers_set)
+        # Modules attached to the Linear (observers, adapters used by hooks) and attributes set on
+        # it (among them the pruned tensors), so that state_dict, parameters() and hooks see them.
+        module._modules = dict(linear._modules)
+        for name in _added_attributes(linear):
+            object.__setattr__(module, name, vars(linear)[name])
         for hook in pruning_hooks(linear):
-            setattr(module, hook._tensor_name, getattr(linear, hook._tensor_name))
             module.register_forward_pre_hook(hook)
         module.train(linear.training)
         return module
