@@ -4,6 +4,8 @@ from typing import Dict, TypeVar
 
 from torch import nn
 
+from torch.nn.modules.module import _WrappedHook
+
 from fused_linreg.modules import (FusedLinear, FusedLinearReLU, bound_to_instance, computed_tensors,
                                   pruning_hooks)
 
@@ -47,6 +49,12 @@ def _replacement(linear: nn.Module, cls: type, memo: Dict[tuple, nn.Module]) -> 
         # removes its hook from, so handles taken before fusing keep working on the fused layer.
         for name in _HOOK_DICTS + ("_is_full_backward_hook",):
             object.__setattr__(fused, name, getattr(linear, name))
+        # load_state_dict pre-hooks hold a weakref to the module they were registered on, which
+        # is called with them: now the fused layer (the Linear may be collected).
+        hooks = fused._load_state_dict_pre_hooks
+        for hook_id, hook in hooks.items():
+            if isinstance(hook, _WrappedHook) and hook.with_module and hook.module() is linear:
+                hooks[hook_id] = _WrappedHook(hook.hook, fused)
         memo[key] = fused
     return memo[key]
 
