@@ -76,15 +76,33 @@ def _batch_first(t, dim, batch_size):
     return t.movedim(dim, 0) if dim is not None else t.expand(batch_size, *t.shape)
 
 
+def _meta_sample(a, dim):
+    """One sample of ``a`` (vmapped at ``dim``), as a meta tensor: its shape and dtype only."""
+    if not isinstance(a, torch.Tensor):
+        return a
+    shape = list(a.shape)
+    if dim is not None:
+        del shape[dim]
+    return torch.empty(shape, dtype=a.dtype, device="meta")
+
+
 def _per_sample(op, info, in_dims, args):
     """The op once per vmapped sample, results stacked (each output batched at dim 0)."""
     def sample(i):
         return [a.select(d, i) if isinstance(a, torch.Tensor) and d is not None else a
                 for a, d in zip(args, in_dims)]
-    outs = [op(*sample(i)) for i in range(info.batch_size)]
+    if info.batch_size == 0:
+        # No sample to run: one sample's shapes come from the fake kernel, on meta tensors.
+        device = next(a.device for a in args if isinstance(a, torch.Tensor))
+        outs = [op(*(_meta_sample(a, d) for a, d in zip(args, in_dims)))]
+        def stack(samples):
+            return torch.empty((0, *samples[0].shape), dtype=samples[0].dtype, device=device)
+    else:
+        outs = [op(*sample(i)) for i in range(info.batch_size)]
+        stack = torch.stack
     if isinstance(outs[0], torch.Tensor):
-        return torch.stack(outs), 0
-    stacked = tuple(None if o[0] is None else torch.stack(o) for o in zip(*outs))
+        return stack(outs), 0
+    stacked = tuple(None if o[0] is None else stack(o) for o in zip(*outs))
     return stacked, tuple(None if o is None else 0 for o in stacked)
 
 
