@@ -109,12 +109,8 @@ class _FusedLinearBase(nn.Linear):
         return module
 
     def __prepare_scriptable__(self):
-        # torch.jit.script calls this on every submodule before compiling anything: the one place
-        # to say why, instead of a compiler error deep inside the in-backward optimizer code.
-        raise NotImplementedError(
-            f"{type(self).__name__} cannot be compiled by TorchScript (torch.jit.script): its "
-            "kernels are called through Python code that TorchScript does not support. Use "
-            "torch.compile(model), or torch.export.export(model, args) for a graph to save and deploy")
+        # torch.jit.script calls this on every submodule before compiling anything.
+        raise F.torchscript_unsupported(type(self).__name__)
 
 
 class FusedLinear(_FusedLinearBase):

@@ -191,6 +191,7 @@ def test_from_linear_error_for_a_buffer_weight_says_what_it_is():
         fused_linreg.FusedLinear.from_linear(lin)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_torchscript_of_a_module_calling_the_functional_api_is_a_clear_error():
     """Issue 18 item 6 for the functional entry points: a user module calling
     fused_linreg.functional.linear_relu still fails with 'global variables aren't supported'
@@ -203,6 +204,7 @@ def test_torchscript_of_a_module_calling_the_functional_api_is_a_clear_error():
         def forward(self, x):
             return fused_linreg.functional.linear_relu(x, self.weight, None)
 
-    with pytest.raises(Exception) as info:
+    with pytest.raises(NotImplementedError) as info:
         torch.jit.script(Model())
+    assert "fused_linreg.functional.linear_relu cannot be compiled by TorchScript" in str(info.value)
     assert "torch.compile" in str(info.value)
