@@ -136,6 +136,29 @@ def _linear_backward_vmap(info, in_dims, grad_output, input, weight, relu_mask, 
                        (grad_output, input, weight, relu_mask, output_mask))
 
 
+# ---- legacy vmap (torch.autograd.grad(is_grads_batched=True) and what uses it): its fallback -----
+# ---- cannot batch operators with optional outputs, and its batched tensors cannot be unwrapped --
+# ---- from Python: a clear error naming the supported alternative, instead of "We could not ------
+# ---- generate a fallback" -------------------------------------------------------------------------
+
+_legacy_vmap_lib = torch.library.Library("fused_linreg", "IMPL")
+
+
+def _no_legacy_vmap(name):
+    def refuse(*args, **kwargs):
+        raise RuntimeError(
+            f"fused_linreg.{name} cannot be batched by PyTorch's legacy vmap, which "
+            "torch.autograd.grad(is_grads_batched=True), torch.autograd.functional.jacobian / "
+            "hessian(vectorize=True) and gradcheck(check_batched_grad=True) use. Use torch.func "
+            "(vmap, jacrev, jacfwd, hessian), which supports fused_linreg, or vectorize=False / "
+            "check_batched_grad=False")
+    return refuse
+
+
+for _name in ("linear_forward", "linear_relu_forward", "linear_backward"):
+    _legacy_vmap_lib.impl(_name, _no_legacy_vmap(_name), "Batched")
+
+
 # ---- a clear error instead of a dispatcher message when CUDA kernels were not built -----------
 
 if not _C.build_info()["cuda"]:
