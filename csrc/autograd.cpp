@@ -173,12 +173,14 @@ struct FusedLinearBackwardBackward : torch::autograd::Node {
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
     const at::Tensor &ggx = grads[0], &ggw = grads[1], &ggb = grads[2];
-    const at::Tensor go = grad_output_.unpack(), x = input_.unpack(), w = weight_.unpack();
+    // gm: grad_output already masked.
+    const at::Tensor gm = grad_output_.unpack(), x = input_.unpack(), w = weight_.unpack();
     const OptionalTensor mask = optional(relu_mask_.unpack());
     variable_list out(3);
     if (task_should_compute_output(0))
-      out[0] = apply_relu_mask(linear_derivative(x, w, ggx, ggw, ggb, go.sizes()), mask);
-    std::tie(out[1], out[2]) = masked_products(go, x, w, mask, ggx, ggw, task_should_compute_output(1),
+      out[0] = apply_relu_mask(linear_derivative(x, w, ggx, ggw, ggb, gm.sizes()), mask);
+    std::tie(out[1], out[2]) = masked_products(gm, x, w, std::nullopt, ggx, ggw,
+                                               task_should_compute_output(1),
                                                task_should_compute_output(2));
     return out;
   }
@@ -238,17 +240,22 @@ std::tuple<at::Tensor, at::Tensor> linear_relu_forward_autograd(const at::Tensor
 LinearGrads linear_backward_autograd(const at::Tensor& grad_output, const at::Tensor& input,
                                      const at::Tensor& weight, const OptionalTensor& relu_mask,
                                      std::array<bool, 3> output_mask) {
-  // grad_input depends on grad_output and weight, grad_weight on grad_output and input.
+  // grad_input depends on grad_output and weight, grad_weight on grad_output and input. With a
+  // ReLU every gradient also depends on input and weight through the mask: a zero derivative, but
+  // recorded, as PyTorch's threshold_backward does, so that differentiating again is not an error.
   using torch::autograd::compute_requires_grad;
   const bool grad = compute_requires_grad(grad_output) ||
                     (output_mask[0] && compute_requires_grad(weight)) ||
-                    (output_mask[1] && compute_requires_grad(input));
+                    (output_mask[1] && compute_requires_grad(input)) ||
+                    (relu_mask.has_value() && compute_requires_grad(input, weight));
   const bool tangents = has_tangent(grad_output) || has_tangent(input) || has_tangent(weight);
   c10::intrusive_ptr<FusedLinearBackwardBackward> node;
   if (grad) {
     node = c10::make_intrusive<FusedLinearBackwardBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(grad_output, input, weight));
-    node->grad_output_ = SavedVariable(grad_output, /*is_output=*/false);
+    // The masked gradient, as PyTorch's ReLU backward saves it, not grad_output: grad_output may
+    // then change in place. Computed with autograd, so that it keeps its history to grad_output.
+    node->grad_output_ = SavedVariable(apply_relu_mask(grad_output, relu_mask), /*is_output=*/false);
     node->input_ = SavedVariable(input, /*is_output=*/false);
     node->weight_ = SavedVariable(weight, /*is_output=*/false);
     node->relu_mask_ = SavedVariable(relu_mask, /*is_output=*/false);

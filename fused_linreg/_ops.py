@@ -77,15 +77,33 @@ def _batch_first(t, dim, batch_size):
     return t.movedim(dim, 0) if dim is not None else t.expand(batch_size, *t.shape)
 
 
+def _meta_sample(a, dim):
+    """One sample of ``a`` (vmapped at ``dim``), as a meta tensor: its shape and dtype only."""
+    if not isinstance(a, torch.Tensor):
+        return a
+    shape = list(a.shape)
+    if dim is not None:
+        del shape[dim]
+    return torch.empty(shape, dtype=a.dtype, device="meta")
+
+
 def _per_sample(op, info, in_dims, args):
     """The op once per vmapped sample, results stacked (each output batched at dim 0)."""
     def sample(i):
         return [a.select(d, i) if isinstance(a, torch.Tensor) and d is not None else a
                 for a, d in zip(args, in_dims)]
-    outs = [op(*sample(i)) for i in range(info.batch_size)]
+    if info.batch_size == 0:
+        # No sample to run: one sample's shapes come from the fake kernel, on meta tensors.
+        device = next(a.device for a in args if isinstance(a, torch.Tensor))
+        outs = [op(*(_meta_sample(a, d) for a, d in zip(args, in_dims)))]
+        def stack(samples):
+            return torch.empty((0, *samples[0].shape), dtype=samples[0].dtype, device=device)
+    else:
+        outs = [op(*sample(i)) for i in range(info.batch_size)]
+        stack = torch.stack
     if isinstance(outs[0], torch.Tensor):
-        return torch.stack(outs), 0
-    stacked = tuple(None if o[0] is None else torch.stack(o) for o in zip(*outs))
+        return stack(outs), 0
+    stacked = tuple(None if o[0] is None else stack(o) for o in zip(*outs))
     return stacked, tuple(None if o is None else 0 for o in stacked)
 
 
@@ -117,6 +135,29 @@ def _linear_backward_vmap(info, in_dims, grad_output, input, weight, relu_mask, 
         return (gi, None, None), (None if gi is None else 0, None, None)
     return _per_sample(ops.linear_backward, info, in_dims,
                        (grad_output, input, weight, relu_mask, output_mask))
+
+
+# ---- legacy vmap (torch.autograd.grad(is_grads_batched=True) and what uses it): its fallback -----
+# ---- cannot batch operators with optional outputs, and its batched tensors cannot be unwrapped --
+# ---- from Python: a clear error naming the supported alternative, instead of "We could not ------
+# ---- generate a fallback" -------------------------------------------------------------------------
+
+_legacy_vmap_lib = torch.library.Library("fused_linreg", "IMPL")
+
+
+def _no_legacy_vmap(name):
+    def refuse(*args, **kwargs):
+        raise RuntimeError(
+            f"fused_linreg.{name} cannot be batched by PyTorch's legacy vmap, which "
+            "torch.autograd.grad(is_grads_batched=True), torch.autograd.functional.jacobian / "
+            "hessian(vectorize=True) and gradcheck(check_batched_grad=True) use. Use torch.func "
+            "(vmap, jacrev, jacfwd, hessian), which supports fused_linreg, or vectorize=False / "
+            "check_batched_grad=False")
+    return refuse
+
+
+for _name in ("linear_forward", "linear_relu_forward", "linear_backward"):
+    _legacy_vmap_lib.impl(_name, _no_legacy_vmap(_name), "Batched")
 
 
 # ---- a clear error instead of a dispatcher message when CUDA kernels were not built -----------

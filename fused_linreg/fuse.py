@@ -4,7 +4,10 @@ from typing import Dict, TypeVar
 
 from torch import nn
 
-from fused_linreg.modules import FusedLinear, FusedLinearReLU, computed_tensors, pruning_hooks
+from torch.nn.modules.module import _WrappedHook
+
+from fused_linreg.modules import (FusedLinear, FusedLinearReLU, bound_to_instance, computed_tensors,
+                                  pruning_hooks)
 
 __all__ = ["fuse"]
 
@@ -31,8 +34,9 @@ def _has_hooks(module: nn.Module) -> bool:
 
 
 def _fusable(module: nn.Module) -> bool:
-    """A Linear whose weight and bias are Parameters (or pruned ones): from_linear carries it over."""
-    return type(module) in _LINEARS and not computed_tensors(module)
+    """A Linear whose weight and bias are Parameters (or pruned ones) and whose forward is its
+    class's: from_linear carries it over."""
+    return type(module) in _LINEARS and not computed_tensors(module) and not bound_to_instance(module)
 
 
 def _replacement(linear: nn.Module, cls: type, memo: Dict[tuple, nn.Module]) -> nn.Module:
@@ -45,6 +49,12 @@ def _replacement(linear: nn.Module, cls: type, memo: Dict[tuple, nn.Module]) -> 
         # removes its hook from, so handles taken before fusing keep working on the fused layer.
         for name in _HOOK_DICTS + ("_is_full_backward_hook",):
             object.__setattr__(fused, name, getattr(linear, name))
+        # load_state_dict pre-hooks hold a weakref to the module they were registered on, which
+        # is called with them: now the fused layer (the Linear may be collected).
+        hooks = fused._load_state_dict_pre_hooks
+        for hook_id, hook in hooks.items():
+            if isinstance(hook, _WrappedHook) and hook.with_module and hook.module() is linear:
+                hooks[hook_id] = _WrappedHook(hook.hook, fused)
         memo[key] = fused
     return memo[key]
 
@@ -107,9 +117,10 @@ def fuse(model: M, inplace: bool = False) -> M:
     returned model keeps firing them.
 
     A layer pruned with ``torch.nn.utils.prune`` is fused and stays pruned (same ``weight_orig``,
-    ``weight_mask`` and pruning hook, same ``state_dict`` keys). A Linear whose weight another
-    reparametrization computes (``weight_norm``, ``spectral_norm``, ``parametrize``) is left as it
-    is.
+    ``weight_mask`` and pruning hook, same ``state_dict`` keys). Modules and attributes attached
+    to a Linear (observers, adapters, tags) are carried over to its fused layer. A Linear whose
+    weight another reparametrization computes (``weight_norm``, ``spectral_norm``, ``parametrize``)
+    or whose ``forward`` was replaced on the instance is left as it is.
 
     >>> model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     >>> model = fused_linreg.fuse(model)
