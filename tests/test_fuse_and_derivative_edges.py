@@ -1,4 +1,4 @@
-"""Red-team findings on the issue 18 work (double backward, torch.func, fuse() hooks and pruning,
+"""Edge setups of fuse(), from_linear, TorchScript and derivatives (legacy vmap, empty batches, frozen weights), against plain PyTorch.
 TorchScript error), each a failing test against plain PyTorch's behaviour.
 
 Ranked in the report by severity; every test here failed on main at d8d6ab1.
