@@ -1,7 +1,5 @@
-"""Edge setups of fuse(), from_linear, TorchScript and derivatives (legacy vmap, empty batches, frozen weights), against plain PyTorch.
-TorchScript error), each a failing test against plain PyTorch's behaviour.
-
-Ranked in the report by severity; every test here failed on main at d8d6ab1.
+"""Edge setups of fuse(), from_linear, TorchScript and derivatives (legacy vmap, empty batches,
+frozen weights), against plain PyTorch. Every test here failed on main at d8d6ab1.
 """
 import gc
 import types
