@@ -88,7 +88,7 @@ def _child(argv):
         else:
             peak = _status_bytes("VmHWM")
         result = {"baseline_mib": baseline / _MIB, "peak_mib": peak / _MIB,
-                  "peak_since_baseline": peak_since_baseline, "final_loss": float(loss)}
+                  "peak_since_baseline": peak_since_baseline, "final_loss": float(loss.detach())}
     except Exception as e:
         result = {"error": describe_error(e)}
     print(json.dumps(result), flush=True)
