@@ -185,23 +185,36 @@ class InBackwardSGD:
 
     # ---- zero_grad() and step() ----------------------------------------------------------------
 
-    def zero_grad(self, set_to_none: bool) -> None:
+    def refuse_pending_updates(self, what: str) -> None:
+        """Raises if a backward has updated parameters that no step() has taken yet."""
         if self._updated:
             raise RuntimeError(
-                f"FusedSGD(in_backward=True): zero_grad() after a backward that already updated "
+                f"FusedSGD(in_backward=True): {what} after a backward that already updated "
                 f"{len(self._updated)} parameters inside the backward, with no step() in between. "
                 "torch.optim.SGD would discard that gradient (a backward through this model for "
                 "another model's loss, or a skipped step), but here it has been applied. Call "
                 "step() after every backward that reaches these parameters, or run such backwards "
                 "with torch.autograd.grad" + _USE_IN_BACKWARD_FALSE)
+
+    def zero_grad(self, set_to_none: bool) -> None:
+        self.refuse_pending_updates("zero_grad()")
         self._zero_grad_keeps_zeros = not set_to_none
         self._zeroed_since_step = True
         if set_to_none:
             self._has_grad = WeakIdKeyDictionary()
+        # A forward whose backward never came (a skipped batch) no longer blocks the next one.
+        self._pending = WeakIdKeyDictionary()
 
     def check_step(self) -> None:
         """Raises, before step() changes anything, where the backward's updates cannot be
-        torch.optim.SGD's: the options of a param group changed after the backward had used them."""
+        torch.optim.SGD's: the options of a param group changed after the backward had used them,
+        or a second step() without zero_grad() would step again with the gradients torch keeps."""
+        if not self._zeroed_since_step and any(p not in self._updated for p in self._has_grad):
+            raise RuntimeError(
+                "FusedSGD(in_backward=True): step() again without a backward through the fused "
+                "layers and without optimizer.zero_grad() since the last step(): torch.optim.SGD "
+                "would step them again with the gradients left in .grad, which the update inside "
+                "the backward does not keep" + _USE_IN_BACKWARD_FALSE)
         for p, (_, used) in self._updated.items():
             group = self.group_of(p)
             if group is not None and _sgd_options(group) != used:
@@ -238,9 +251,10 @@ class InBackwardSGD:
                     f"FusedSGD(in_backward=True): a fused layer's {'weight' if p is weight else 'bias'} "
                     f"(shape {list(p.shape)}) is used by a second forward before the backward of the "
                     "first has run (a parameter shared by two layers, gradient accumulation over "
-                    "micro-batches, or an evaluation forward outside torch.no_grad()). In-backward "
-                    "SGD applies each update in its own backward, so each parameter may take part "
-                    "in one forward per backward" + _USE_IN_BACKWARD_FALSE)
+                    "micro-batches, or an evaluation forward outside torch.no_grad() whose output "
+                    "is still alive). In-backward SGD applies each update in its own backward, so "
+                    "each parameter may take part in one forward per backward; optimizer.zero_grad() "
+                    "forgets a forward whose backward never came (a skipped batch)" + _USE_IN_BACKWARD_FALSE)
         pending = _PendingBackward()
         for p in params:
             self._pending[p] = weakref.ref(pending)

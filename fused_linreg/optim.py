@@ -61,6 +61,8 @@ class FusedSGD(torch.optim.SGD):
     def __setstate__(self, state: dict) -> None:
         if "in_backward" not in state:
             # Optimizer.load_state_dict: new state and groups for this very optimizer.
+            if self._in_backward is not None:
+                self._in_backward.refuse_pending_updates("load_state_dict()")
             super().__setstate__(state)
             if self._in_backward is not None:
                 self._in_backward.reset()

@@ -96,7 +96,7 @@ def test_float32_and_no_bias_and_mixed_model():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_frozen_input_layer_and_step_is_safe_to_call_twice():
+def test_frozen_input_layer_and_step_changes_nothing_more():
     model = mlp(2, True)
     opt = FusedSGD(model.parameters(), lr=0.1, in_backward=True)
     x = torch.randn(16, 13)  # input does not require grad: no grad_input GEMM
@@ -105,7 +105,8 @@ def test_frozen_input_layer_and_step_is_safe_to_call_twice():
     after_backward = [p.detach().clone() for p in model.parameters()]
     assert all(not torch.equal(a, b) for a, b in zip(before, after_backward))
     opt.step()
-    opt.step()
+    with pytest.raises(RuntimeError, match="step\\(\\) again"):
+        opt.step()  # torch.optim.SGD would step again with the gradients it keeps
     for a, b in zip(model.parameters(), after_backward):
         assert torch.equal(a, b)
 

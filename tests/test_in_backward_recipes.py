@@ -303,3 +303,57 @@ def test_retain_graph_then_gradient_of_the_input():
             assert "in_backward" in str(e), f"unclear error: {e}"
             return
     torch.testing.assert_close(grads[1], grads[0])
+
+
+# ---- second red-team pass: loop orders around step(), zero_grad() and load_state_dict() -----
+
+def test_skipped_batch_then_zero_grad_trains_like_torch():
+    """A batch skipped after its forward (no backward, no step): the next iteration's zero_grad()
+    forgets that forward, as torch.optim.SGD never knew of it."""
+    x, y = data()
+    ref, ref_opt, fused, opt = pair()
+    for i in range(3):
+        for model, o in ((ref, ref_opt), (fused, opt)):
+            o.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            if i == 1:
+                continue  # e.g. a NaN loss
+            loss.backward()
+            o.step()
+    assert_same_params(fused, ref)
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_second_step_without_backward_or_zero_grad_is_refused(set_to_none):
+    """torch.optim.SGD steps again with the gradient left in .grad; the in-backward update keeps
+    none, so a second step() is refused before it changes anything."""
+    x, y = data()
+    ref, ref_opt, fused, opt = pair()
+    step(fused, opt, x, y, set_to_none=set_to_none)
+    before = snapshot(fused)
+    with pytest.raises(RuntimeError, match="step\\(\\) again"):
+        opt.step()
+    assert unchanged(fused, before)
+    # After zero_grad(), a step() without backward is torch.optim.SGD's: nothing, or a step
+    # with zero gradients (momentum and weight decay).
+    for model, o in ((ref, ref_opt), (fused, opt)):
+        if o is ref_opt:
+            step(ref, ref_opt, x, y, set_to_none=set_to_none)
+        o.zero_grad(set_to_none=set_to_none)
+        o.step()
+    assert_same_params(fused, ref)
+
+
+def test_load_state_dict_between_backward_and_step_is_refused():
+    x, y = data()
+    ref, ref_opt, fused, opt = pair()
+    step(fused, opt, x, y)
+    saved = opt.state_dict()
+    opt.zero_grad()
+    nn.functional.mse_loss(fused(x), y).backward()
+    state_before = {k: v["momentum_buffer"].clone() for k, v in opt.state_dict()["state"].items()}
+    with pytest.raises(RuntimeError, match="load_state_dict"):
+        opt.load_state_dict(saved)
+    for k, v in opt.state_dict()["state"].items():
+        assert torch.equal(v["momentum_buffer"], state_before[k])
+    opt.step()
