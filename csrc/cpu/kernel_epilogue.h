@@ -79,7 +79,7 @@ inline void finish_row(const GemmArgs<T>& g, typename Vec<acc_t<T>>::type* row, 
       // torch.relu keeps NaN and -0.0: only values below zero become zero.
       if (g.relu) row[v] = row[v] < A(0) ? V{} : row[v];
       if (lanes == W)
-        std::memcpy(out + v * W, &row[v], sizeof(V));
+        store_vector(out + v * W, row[v]);
       else
         VecOps<A>::store(out + v * W, row[v], lanes);
       if (g.relu) bits |= uint64_t(gradient_lanes<A>(row[v]) & ((uint64_t(1) << lanes) - 1)) << (v * W);
@@ -107,7 +107,7 @@ inline void finish_tile(const GemmArgs<A>& g, const typename Vec<A>::type (*acc)
         r = r < A(0) ? V{} : r;
         bits |= uint64_t(gradient_lanes<A>(r)) << (v * W);
       }
-      std::memcpy(out + i * g.ldc + v * W, &r, sizeof(V));
+      store_vector(out + i * g.ldc + v * W, r);
     }
     if (mask) store_mask_bits(g, bits, m0 + i, n0);
   }
@@ -121,7 +121,7 @@ void epilogue(const GemmArgs<T>& g, const acc_t<T>* acc, int64_t ld, int64_t m0,
   constexpr int NV = Tile<acc_t<T>>::NV;
   for (int64_t i = 0; i < mr; ++i) {
     V row[NV];
-    std::memcpy(row, acc + i * ld, sizeof(row));
+    for (int v = 0; v < NV; ++v) row[v] = load_vector(acc + i * ld + v * Tile<acc_t<T>>::W);
     finish_row(g, row, m0 + i, n0, nr);
   }
 }

@@ -25,7 +25,7 @@ inline void microkernel(int64_t kc, const acc_t<T>* __restrict a, int64_t lda,
     for (int v = 0; v < NV; ++v) acc[i][v] = -V{};
   for (int64_t k = 0; k < kc; ++k) {
     V bv[NV];
-    for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + k * ldb + v * W, sizeof(V));
+    for (int v = 0; v < NV; ++v) bv[v] = load_vector(b + k * ldb + v * W);
     for (int i = 0; i < MR; ++i) {
       const A ai = PackedA ? a[k * PANEL + i] : a[i * lda + k];
       for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];
@@ -33,11 +33,7 @@ inline void microkernel(int64_t kc, const acc_t<T>* __restrict a, int64_t lda,
   }
   if (accumulate)
     for (int i = 0; i < MR; ++i)
-      for (int v = 0; v < NV; ++v) {
-        V old;
-        std::memcpy(&old, c + i * ldc + v * W, sizeof(V));
-        acc[i][v] += old;
-      }
+      for (int v = 0; v < NV; ++v) acc[i][v] += load_vector(c + i * ldc + v * W);
   if (out) {
     if constexpr (std::is_same_v<T, A> && MR == PANEL) {
       if (mr == MR && nr == NR && out->sgd.param == nullptr) {
@@ -53,5 +49,5 @@ inline void microkernel(int64_t kc, const acc_t<T>* __restrict a, int64_t lda,
     return;
   }
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) std::memcpy(c + i * ldc + v * W, &acc[i][v], sizeof(V));
+    for (int v = 0; v < NV; ++v) store_vector(c + i * ldc + v * W, acc[i][v]);
 }

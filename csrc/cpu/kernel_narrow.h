@@ -212,8 +212,7 @@ __attribute__((always_inline)) inline void dot_rows(const DotPlan<A>& p, int64_t
     for (int i = 0; i < R; ++i) sum[i] = -V{}, total[i] = V{};
     for (int64_t k = k0; k < min64(k0 + KC, K); k += W) {
       const int lanes = k < k_whole ? W : int(K - k);
-      V bv;
-      std::memcpy(&bv, b + k, sizeof(V));
+      const V bv = load_vector(b + k);
 #pragma GCC unroll 16
       for (int i = 0; i < R; ++i) {
         // +0 past K: times -0 adds nothing

@@ -88,7 +88,7 @@ void pack_panels(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb
         for (int kk = 0; kk < W; ++kk) {
           // A fixed-size copy for whole groups: a run-time length compiles to a string copy.
           if (width == W)
-            std::memcpy(gdst + (k + kk) * P, &block[kk], sizeof(V));
+            store_vector(gdst + (k + kk) * P, block[kk]);
           else
             Ops::store(gdst + (k + kk) * P, block[kk], width);
         }

@@ -27,7 +27,20 @@ template <> inline BFloat16 from_acc<BFloat16>(float v) {
 template <typename A> struct Vec {
   static constexpr int width = FUSED_LINREG_VECTOR_BYTES / sizeof(A);
   typedef A type __attribute__((vector_size(FUSED_LINREG_VECTOR_BYTES), aligned(sizeof(A))));
+  typedef A unaligned __attribute__((vector_size(FUSED_LINREG_VECTOR_BYTES), aligned(sizeof(A)), may_alias));
 };
+
+// Whole-vector loads and stores at any element-aligned address. Not std::memcpy: GCC expands a
+// fixed-size memcpy with the translation unit's baseline move width, not the ISA of the
+// `#pragma GCC target` region, so under AVX2 a 32-byte copy became two 16-byte moves through the
+// stack and a 32-byte reload (a store-forwarding stall on every B row of the microkernel: 13
+// GFLOP/s on a Zen 3 core that does 60 in MKL).
+template <typename A> inline typename Vec<A>::type load_vector(const A* p) {
+  return *reinterpret_cast<const typename Vec<A>::unaligned*>(p);
+}
+template <typename A> inline void store_vector(A* p, typename Vec<A>::type v) {
+  *reinterpret_cast<typename Vec<A>::unaligned*>(p) = v;
+}
 
 // Bit l of the result is set where the ReLU passes the gradient: !(v[l] <= 0), i.e. positive or
 // NaN outputs, as torch's threshold_backward(grad, output, 0) decides.
@@ -88,11 +101,7 @@ template <typename A> struct VecOps {
   // Loads n (<= W) elements, converting to A; the rest are zero.
   template <typename T> static V load(const T* p, int n) {
     if constexpr (std::is_same_v<T, A>) {
-      if (n == W) {
-        V v;
-        std::memcpy(&v, p, sizeof(V));
-        return v;
-      }
+      if (n == W) return load_vector(p);
 #if defined(FUSED_LINREG_ISA_AVX512)
       // Masked loads: micro-panels of 12 lanes are common and must not fall to scalar code.
       if constexpr (sizeof(A) == 4)
@@ -115,6 +124,9 @@ template <typename A> struct VecOps {
   }
   // Stores lanes 0 .. n of v.
   static void store(A* p, V v, int n) {
+    // A whole vector with a plain store: AVX2's masked store is microcoded on AMD before Zen 4
+    // (a packing loop of masked stores ran at a fifth of its speed on Zen 3).
+    if (n == W) return store_vector(p, v);
 #if defined(FUSED_LINREG_ISA_AVX512)
     if constexpr (sizeof(A) == 4)
       _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), __m512(v));
