@@ -70,7 +70,7 @@ def controller_for(weight: torch.Tensor) -> Optional["InBackwardSGD"]:
     # A weight the update kernel cannot take takes the ordinary path (step() updates it): decided
     # here, in the forward, because a refusal in the backward would come after later layers'
     # updates.
-    if controller is None or not controller.owns(weight) or not controller.can_update(weight):
+    if controller is None or controller.group_of(weight) is None or not controller.can_update(weight):
         return None
     return controller
 
@@ -117,6 +117,38 @@ def _sgd_options(group: dict) -> Tuple[float, float, float, float, bool, bool]:
             float(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]))
 
 
+class _ById:
+    """A dict keyed by tensor identity that holds its keys (their optimizer holds them anyway):
+    several lookups per layer and step, where WeakIdKeyDictionary makes a weak reference for each."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self):
+        self._entries = {}
+
+    def __contains__(self, p) -> bool:
+        return id(p) in self._entries
+
+    def __getitem__(self, p):
+        return self._entries[id(p)][1]
+
+    def get(self, p, default=None):
+        entry = self._entries.get(id(p))
+        return default if entry is None else entry[1]
+
+    def __setitem__(self, p, value) -> None:
+        self._entries[id(p)] = (p, value)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self):
+        return (p for p, _ in self._entries.values())
+
+    def items(self):
+        return self._entries.values()
+
+
 class _PendingBackward:
     """A forward whose backward has not run yet (held by its graph: gone with it)."""
 
@@ -134,15 +166,15 @@ class InBackwardSGD:
         self._optimizer = weakref.ref(optimizer)
         # Parameter -> (whether its update in the backward was its first momentum step, the
         # options it was made with).
-        self._updated: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._updated = _ById()
         # Parameters that torch.optim.SGD would have a .grad for (updated in a backward since the
         # last zero_grad(set_to_none=True)), and whether zero_grad() keeps zero gradients.
-        self._has_grad: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._has_grad = _ById()
         self._zero_grad_keeps_zeros = False
         self._zeroed_since_step = False
-        self._pending: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._pending = _ById()
         self._groups_key = None
-        self._group_index: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._group_index = _ById()
         self._checked_grad_scaler = False
         for group in optimizer.param_groups:
             self.attach(group["params"])
@@ -171,8 +203,8 @@ class InBackwardSGD:
 
     def reset(self) -> None:
         """Called by load_state_dict(): nothing of an earlier step is pending."""
-        self._updated = WeakIdKeyDictionary()
-        self._pending = WeakIdKeyDictionary()
+        self._updated = _ById()
+        self._pending = _ById()
 
     def stepped(self) -> None:
         """Called by step(): this step's in-backward updates are done."""
@@ -201,9 +233,9 @@ class InBackwardSGD:
         self._zero_grad_keeps_zeros = not set_to_none
         self._zeroed_since_step = True
         if set_to_none:
-            self._has_grad = WeakIdKeyDictionary()
+            self._has_grad = _ById()
         # A forward whose backward never came (a skipped batch) no longer blocks the next one.
-        self._pending = WeakIdKeyDictionary()
+        self._pending = _ById()
 
     def check_step(self) -> None:
         """Raises, before step() changes anything, where the backward's updates cannot be
@@ -284,7 +316,7 @@ class InBackwardSGD:
         # load_state_dict and add_param_group replace or add group dicts: index them again then.
         key = tuple((id(g), len(g["params"])) for g in groups)
         if key != self._groups_key:
-            self._group_index = WeakIdKeyDictionary()
+            self._group_index = _ById()
             for i, group in enumerate(groups):
                 for q in group["params"]:
                     self._group_index[q] = i
