@@ -5,13 +5,19 @@
     python -m fused_linreg.bench --cases layer,gemm --threads 1 --json out.json --plot out.png
     python -m fused_linreg.bench --memory               # also peak memory of training steps
     python -m fused_linreg.bench --cases memory         # only that
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_THREAD_TIMEOUT=4 \
+        python -m fused_linreg.bench --peers openblas,onednn   # how to run the peers fairly
 
 Compared per case and pass (forward, forward+backward of one layer; a training step of an MLP;
 our GEMM and torch.mm at 2048^3 against this CPU's measured FMA peak): fused_linreg, eager
-PyTorch, torch.compile of the eager code, and on CUDA cuBLASLt's bias+ReLU epilogue. The
-implementations are timed round robin within each repetition after a warm-up; the table gives
-the median, the spread (IQR, min, max), GFLOP/s, % of the FMA peak and eager/this, with '!'
-where fused_linreg is slower than eager. Progress goes to stderr, the report to stdout.
+PyTorch, torch.compile of the eager code, on CUDA cuBLASLt's bias+ReLU epilogue, and on CPU the
+peers for the layer forward and the GEMM: openblas (numpy's matmul, then bias and ReLU in place)
+and onednn (torch's mkldnn_linear, bias fused). The implementations are timed round robin within
+each repetition after a warm-up, each sample after one untimed call; the table gives the median,
+the spread (IQR, min, max), GFLOP/s, % of the FMA peak, eager/this with '!' where fused_linreg is
+slower than eager, and best peer/fused with '*' where any other implementation is faster. OpenBLAS
+is measured fairly with OPENBLAS_THREAD_TIMEOUT=4 and without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE
+(which force one kernel); the header warns otherwise. Progress goes to stderr, the report to stdout.
 """
 import argparse
 import sys
@@ -19,7 +25,7 @@ import sys
 import torch
 
 from fused_linreg._bench import cases as cases_mod
-from fused_linreg._bench import impls, plot, report, sysinfo
+from fused_linreg._bench import impls, peers, plot, report, sysinfo
 from fused_linreg._bench.memory import run_memory
 from fused_linreg._bench.peak import measure_peak
 from fused_linreg._bench.timing import describe_error, time_interleaved
@@ -40,13 +46,20 @@ def _parser():
     p.add_argument("--dtype", default="float32", choices=list(_DTYPES))
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--cases", default="all",
-                   help="comma-separated groups (layer, mlp, gemm, memory, all) and case names "
-                        "(4096x1024x1024, mlp-2048x1024x3, gemm-2048, any sizes); default all")
+                   help="comma-separated groups (layer, odd, mlp, gemm, memory, all) and case names "
+                        "(4096x1024x1024 = batch x in_features x out_features, mlp-2048x1024x3 = "
+                        "batch x width x depth, gemm-2048, any sizes); odd: layers of sizes that are "
+                        "multiples of nothing; default all")
     p.add_argument("--memory", action="store_true",
                    help="also run the memory cases: peak memory of MLP training steps, with and "
                         "without SGD inside the backward")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="time torch.compile too; auto: yes, except with --quick")
+    p.add_argument("--peers", default="auto",
+                   help="other libraries timed on the layer forward and the GEMM: a comma-separated "
+                        "list of openblas (numpy's BLAS), onednn (torch's mkldnn_linear), or none; "
+                        "default auto: both on CPU, none on CUDA. One not installed is reported as "
+                        "skipped")
     p.add_argument("--quick", action="store_true",
                    help="tiny shapes, few repetitions: a smoke run of every code path")
     p.add_argument("--reps", type=int, help="timed repetitions per implementation (default 10, quick 3)")
@@ -117,10 +130,19 @@ def main(argv=None):
         parser.error(f"--device {args.device}: cpu or cuda")
     if args.reps is not None and args.reps < 1:
         parser.error("--reps must be >= 1")
+    try:
+        chosen_peers = peers.parse(args.peers, device)
+    except ValueError as e:
+        parser.error(str(e))
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
+    with peers.thread_limit(chosen_peers, torch.get_num_threads()):
+        return _run(args, device, selected, memory, chosen_peers)
+
+
+def _run(args, device, selected, memory, chosen_peers):
     dtype = _DTYPES[args.dtype]
     reps, warmup_s, sample_s, peak_s = _QUICK if args.quick else _FULL
     reps = args.reps or reps
@@ -130,7 +152,8 @@ def main(argv=None):
     if skipped:
         notes.append(skipped[1])
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    setup = impls.Setup(device, dtype, sync, compile_skipped=skipped[0] if skipped else None)
+    setup = impls.Setup(device, dtype, sync, compile_skipped=skipped[0] if skipped else None,
+                        peers=chosen_peers)
     peak = None
     if device.type == "cpu":
         _progress("measuring the FMA peak")
@@ -144,6 +167,11 @@ def main(argv=None):
     info = sysinfo.collect(device, dtype)
     if warning := sysinfo.load_warning(info):
         notes.append(warning)
+    if selected:  # not for the memory cases alone: no peer runs there
+        if chosen_peers:
+            _progress("asking the peers what they run")
+        info["peers"] = peers.describe(chosen_peers, device, torch.get_num_threads())
+        notes += peers.env_notes(chosen_peers)
     print(report.format_header(info, peak, notes), flush=True)
 
     speed = _run_speed(selected, setup, peak.get("gflops") if peak else None, reps, warmup_s, sample_s)

@@ -3,6 +3,7 @@
 - cases:   what is compared (single layers, MLP training steps, the 2048^3 GEMM) and --cases
 - models:  the MLPs and optimizers under test, built alike for every implementation
 - impls:   the callables timed for each case, pass and implementation (fused, eager, compile...)
+- peers:   the other libraries timed beside them (openblas, onednn) and what they ran
 - timing:  interleaved (round-robin) timing with warm-up, median and spread
 - peak:    this CPU's measured FMA peak, the denominator of "% of peak"
 - memory:  peak memory of a training step, each variant in a fresh process

@@ -1,12 +1,13 @@
 """What the benchmark compares, and the --cases selection.
 
-Names: a single layer is ``MxKxN`` (input [M, K], weight [N, K]); an MLP training step is
-``mlp-BxWxD`` (batch B, width W, depth D: D - 1 FusedLinearReLU layers and a FusedLinear, all
-W -> W); the GEMM against the FMA peak is ``gemm-S`` (S x S x S). Any such name may be given to
---cases, not only the defaults, as may a group: layer, mlp, gemm, memory, all (= layer,mlp,gemm).
+Names: a single layer is ``MxKxN`` (batch M x in_features K x out_features N: input [M, K],
+weight [N, K]); an MLP training step is ``mlp-BxWxD`` (batch B, width W, depth D: D - 1
+FusedLinearReLU layers and a FusedLinear, all W -> W); the GEMM against the FMA peak is ``gemm-S``
+(S x S x S). Any such name may be given to --cases, not only the defaults, as may a group: layer,
+odd (layers of sizes that are multiples of nothing), mlp, gemm, memory, all (= layer,odd,mlp,gemm).
 """
 import re
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 from typing import List, Tuple
 
 __all__ = ["LayerCase", "MlpCase", "GemmCase", "MemoryConfig", "default_cases", "select_cases",
@@ -20,7 +21,7 @@ class LayerCase:
     m: int
     k: int
     n: int
-    group = "layer"
+    group: str = field(default="layer", compare=False)  # "odd" for the sizes of that group
     passes = ("fwd", "fwd+bwd")
 
     @property
@@ -85,6 +86,10 @@ _DEFAULT = {
     "layer": [LayerCase(4096, 1024, 1024), LayerCase(512, 256, 256), LayerCase(65536, 64, 64),
               LayerCase(64, 4096, 4096), LayerCase(100, 1, 1), LayerCase(10000, 1, 1),
               LayerCase(10000, 64, 1), LayerCase(1, 1024, 1024)],
+    # Sizes that are multiples of no tile: every product ends in partial tiles (a batch of 4 rows
+    # against a large weight; 20 inputs, 50 outputs over 100000 rows).
+    "odd": [LayerCase(3000, 700, 1100, "odd"), LayerCase(333, 555, 777, "odd"),
+            LayerCase(4, 4096, 1024, "odd"), LayerCase(100000, 20, 50, "odd")],
     "mlp": [MlpCase(2048, 1024, 3), MlpCase(4096, 256, 4), MlpCase(256, 64, 2)],
     "gemm": [GemmCase(2048)],
 }
@@ -93,12 +98,14 @@ _QUICK = {
     "layer": [LayerCase(64, 32, 32), LayerCase(16, 16, 16), LayerCase(512, 8, 8),
               LayerCase(4, 128, 128), LayerCase(3, 1, 1), LayerCase(300, 1, 1), LayerCase(300, 16, 1),
               LayerCase(1, 64, 64)],
+    "odd": [LayerCase(30, 7, 11, "odd"), LayerCase(33, 55, 77, "odd"), LayerCase(4, 409, 102, "odd"),
+            LayerCase(1000, 2, 5, "odd")],
     "mlp": [MlpCase(32, 32, 3), MlpCase(64, 16, 2)],
     "gemm": [GemmCase(256)],
 }
 _MEMORY = MemoryConfig(batch=256, width=4096, depth=8, steps=3)
 _MEMORY_QUICK = MemoryConfig(batch=64, width=512, depth=3, steps=2)
-GROUPS = ("layer", "mlp", "gemm")
+GROUPS = ("layer", "odd", "mlp", "gemm")
 
 
 def default_cases(quick: bool):

@@ -6,6 +6,7 @@
                training step: backward and optimizer step stay eager); compiled before timing
 - addmm_act:   (CUDA, forward) cuBLASLt's bias + ReLU epilogue, torch._addmm_activation
 - fused-inbwd: (training step) FusedSGD(in_backward=True)
+- openblas, onednn: (layer forward, GEMM; CPU) the peers of fused_linreg/_bench/peers.py
 
 An implementation that cannot run is given as a str instead: why (``skipped: ...`` when not
 asked for, else the error).
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fused_linreg import functional
-from fused_linreg._bench import models
+from fused_linreg._bench import models, peers
 from fused_linreg._bench.cases import GemmCase, LayerCase, MlpCase
 from fused_linreg._bench.timing import describe_error
 
@@ -33,6 +34,7 @@ class Setup:
     dtype: torch.dtype
     sync: Callable[[], None]
     compile_skipped: Optional[str] = None  # why torch.compile is not run, or None to run it
+    peers: Tuple[str, ...] = ()  # the peers to time beside fused_linreg (peers.NAMES)
 
 
 def eager_linear_relu(x, weight, bias):
@@ -83,6 +85,8 @@ def _layer(case: LayerCase, pass_, setup):
 
         if setup.device.type == "cuda":
             impls["addmm_act"] = lambda: torch._addmm_activation(bias, x, weight.t(), use_gelu=False)
+        impls.update(peers.build(setup.peers, setup.device, x, weight, bias,
+                                 eager_linear_relu(x, weight, bias)))
     else:
         for t in (x, weight, bias):
             t.requires_grad_(True)
@@ -117,8 +121,10 @@ def _mlp(case: MlpCase, setup):
 def _gemm(case: GemmCase, setup):
     a = _randn(setup, case.size, case.size, seed=1)
     b = _randn(setup, case.size, case.size, scale=case.size ** -0.5, seed=2)
-    # Both compute a @ b.T, the layout of a linear layer's forward.
-    return {"fused": lambda: functional.linear(a, b), "eager": lambda: torch.mm(a, b.t())}, None
+    # All compute a @ b.T, the layout of a linear layer's forward.
+    impls = {"fused": lambda: functional.linear(a, b), "eager": lambda: torch.mm(a, b.t())}
+    impls.update(peers.build(setup.peers, setup.device, a, b, None, torch.mm(a, b.t())))
+    return impls, None
 
 
 def build(case, pass_, setup: Setup) -> Tuple[Dict[str, object], Dict[str, float]]:

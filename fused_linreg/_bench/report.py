@@ -2,16 +2,21 @@
 
 A speed row is a dict: case, group, pass, impl, status ("ok", "skipped" or "unavailable"),
 reason, median_ms, q1_ms, q3_ms, min_ms, max_ms, reps, calls_per_rep, gflops, pct_peak,
-speedup_vs_eager (eager ms / this ms: for the fused row, the ratio eager/fused) and compile_s.
+speedup_vs_eager (eager ms / this ms: for the fused row, the ratio eager/fused) and compile_s;
+a fused_linreg row also has best_peer (the fastest other implementation of its comparison: eager,
+compile, openblas, onednn...) and best_peer_vs_fused (its ms / this ms; < 1: a peer is faster).
 """
 import csv
 import json
 import math
 
-__all__ = ["SLOWER_MARK", "speed_row", "add_speedups", "format_header", "format_speed", "format_memory",
-           "write_json", "write_csv"]
+__all__ = ["SLOWER_MARK", "PEER_MARK", "speed_row", "add_speedups", "peer_summary", "format_header",
+           "format_speed", "format_memory", "write_json", "write_csv"]
 
 SLOWER_MARK = "!"  # on fused_linreg's rows where eager PyTorch is faster
+PEER_MARK = "*"  # on fused_linreg's rows where any other implementation is faster
+# The comparisons of the project's forward target: Linear+bias+ReLU of one layer.
+_FORWARD_GROUPS = ("layer", "odd")
 
 
 def _fused_slower(row):
@@ -38,12 +43,35 @@ def speed_row(case, pass_, impl, result, *, peak_gflops=None, compile_s=None):
     return row
 
 
+def _is_ours(row):
+    return row["impl"].startswith("fused")
+
+
 def add_speedups(rows):
-    """speedup_vs_eager on every ok row of a comparison that has an ok eager row."""
+    """speedup_vs_eager on every ok row of a comparison that has an ok eager row; best_peer and
+    best_peer_vs_fused on every ok fused_linreg row of one that has an ok peer row."""
     eager = next((r for r in rows if r["impl"] == "eager" and r["status"] == "ok"), None)
+    peers = [r for r in rows if not _is_ours(r) and r["status"] == "ok"]
+    best = min(peers, key=lambda r: r["median_ms"]) if peers else None
     for r in rows:
         if eager is not None and r["status"] == "ok":
             r["speedup_vs_eager"] = eager["median_ms"] / r["median_ms"]
+        if best is not None and r["status"] == "ok" and _is_ours(r):
+            r["best_peer"] = best["impl"]
+            r["best_peer_vs_fused"] = best["median_ms"] / r["median_ms"]
+
+
+def peer_summary(rows):
+    """Best peer / fused over the forward Linear+bias+ReLU comparisons: {"cases", "geomean", "min",
+    "min_case", "peer_faster"}, or None without any."""
+    ratios = [(r["best_peer_vs_fused"], r["case"]) for r in rows
+              if r["impl"] == "fused" and r["pass"] == "fwd" and r["group"] in _FORWARD_GROUPS
+              and r.get("best_peer_vs_fused") is not None]
+    if not ratios:
+        return None
+    low = min(ratios)
+    return {"cases": len(ratios), "geomean": math.exp(sum(math.log(v) for v, _ in ratios) / len(ratios)),
+            "min": low[0], "min_case": low[1], "peer_faster": sum(v < 1 for v, _ in ratios)}
 
 
 def _table(header, rows, right):
@@ -93,14 +121,20 @@ def format_header(info, peak, notes):
             threads = f"{peak['threads']} thread" + ("s" if peak["threads"] != 1 else "")
             lines.append(f"FMA peak ({peak['dtype']}, {peak['isa']}, {threads}, measured): "
                          f"{peak['gflops']:.1f} GFLOP/s")
+    peers = info.get("peers")
+    if peers is not None:
+        lines += [f"peer {name}: " + ("" if p["status"] == "ok" else p["status"] + ": ") + p["text"]
+                  for name, p in peers.items()]
+        if not peers:
+            lines.append("peers: none (--peers selects openblas, onednn)")
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 
 
 def format_speed(rows):
     header = ["case", "pass", "impl", "median ms", "IQR ms", "min ms", "max ms", "GFLOP/s",
-              "% peak", "eager/this"]
-    right = [False, False, False] + [True] * 7
+              "% peak", "eager/this", "best peer/fused"]
+    right = [False, False, False] + [True] * 7 + [False]
     out, previous = [], None
     for r in rows:
         key = (r["case"], r["pass"])
@@ -111,18 +145,30 @@ def format_speed(rows):
             continue
         speedup = r.get("speedup_vs_eager")
         mark = SLOWER_MARK if _fused_slower(r)[1] else ""
+        peer = r.get("best_peer_vs_fused")
         out.append(lead + [
             r["impl"], _sig(r["median_ms"], 4), _sig(r["q3_ms"] - r["q1_ms"], 2), _sig(r["min_ms"], 4),
             _sig(r["max_ms"], 4), _sig(r["gflops"], 3), _fmt(r["pct_peak"], ".1f"),
             (_fmt(speedup, ".2f") + "x" if speedup is not None else "-") + mark.rjust(2),
+            "" if peer is None else f"{peer:.2f}x {r['best_peer']}" + (f" {PEER_MARK}" if peer < 1 else ""),
         ])
     table = _table(header, out, right)
     marks = [_fused_slower(r) for r in rows]
     compared, slower = sum(c for c, _ in marks), sum(s for _, s in marks)
-    legend = (f"eager/this: eager PyTorch's median time / this row's (> 1: faster than eager). "
-              f"'{SLOWER_MARK}': fused_linreg slower than eager ({slower} of {compared} "
-              f"fused rows). % peak: GFLOP/s of the matrix products / the measured FMA peak.")
-    return table + "\n" + legend
+    peer_rows = [r["best_peer_vs_fused"] for r in rows if r.get("best_peer_vs_fused") is not None]
+    lines = [table]
+    if summary := peer_summary(rows):
+        lines.append(f"best peer / fused over the {summary['cases']} forward Linear+bias+ReLU cases: "
+                     f"geomean {summary['geomean']:.2f}, lowest {summary['min']:.2f} ({summary['min_case']}); "
+                     f"a peer faster in {summary['peer_faster']}")
+    lines.append(
+        f"eager/this: eager PyTorch's median time / this row's (> 1: faster than eager). "
+        f"'{SLOWER_MARK}': fused_linreg slower than eager ({slower} of {compared} fused rows). "
+        f"best peer/fused: the fastest other implementation's median time (eager, compile, openblas, "
+        f"onednn...) / fused_linreg's; '{PEER_MARK}': a peer is faster "
+        f"({sum(v < 1 for v in peer_rows)} of {len(peer_rows)} fused rows). "
+        f"% peak: GFLOP/s of the matrix products / the measured FMA peak.")
+    return "\n".join(lines)
 
 
 def format_memory(rows, device):
@@ -152,7 +198,7 @@ def format_memory(rows, device):
 def write_json(path, info, peak, notes, speed, memory):
     with open(path, "w") as f:
         json.dump({"meta": info, "fma_peak": peak, "notes": notes, "speed": speed,
-                   "memory": memory}, f, indent=1)
+                   "peer_summary": peer_summary(speed), "memory": memory}, f, indent=1)
 
 
 def write_csv(path, speed, memory):

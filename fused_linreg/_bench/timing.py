@@ -3,7 +3,9 @@
 Each implementation is warmed up and calibrated on its own (so that one sample lasts at least
 ``sample_s``: fast calls are repeated within a sample), then the samples are taken round robin,
 one sample of each implementation per repetition, starting each repetition with the next one, so
-that drift in the machine's load (other processes, clocks) hits all of them alike.
+that drift in the machine's load (other processes, clocks) hits all of them alike. Each sample
+follows one untimed call of the same implementation, so that no sample pays for the thread pool
+(wake-up, or the previous library's spinning threads) of another.
 """
 import math
 import statistics
@@ -98,6 +100,9 @@ def time_interleaved(
             if name in results:  # failed in an earlier repetition
                 continue
             try:
+                # Untimed: wakes this implementation's worker threads, and sends the previous one's
+                # (OpenBLAS's busy-wait after each call) to sleep before this sample's clock starts.
+                _time_calls(fns[name], 1, sync)
                 samples[name].append(_time_calls(fns[name], calls[name], sync) / calls[name])
             except Exception as e:
                 results[name] = describe_error(e)
