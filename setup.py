@@ -70,7 +70,7 @@ def cuda_wheel_include_dirs():
 
 
 def extension(with_cuda):
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/bench/*.cpp"))
     defines = [f'-DFUSED_LINREG_TORCH_VERSION="{torch.__version__}"']
     # -g0: no debug info, so rebuilds and links stay quick. -ffp-contract=fast: a * b + c is one
     # FMA in the kernels, as in ATen's vectorized code. -fopenmp: at::parallel_for is an inline

@@ -33,22 +33,16 @@ template <typename Signature> c10::TypedOperatorHandle<Signature> find_op(const 
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
-using ForwardOp = at::Tensor(const at::Tensor&, const at::Tensor&, const OptionalTensor&, bool);
-using ReLUForwardOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                         const OptionalTensor&);
-using BackwardOp = LinearGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                               const OptionalTensor&, std::array<bool, 3>);
-
-const c10::TypedOperatorHandle<ForwardOp>& forward_op() {
-  static const auto op = find_op<ForwardOp>("fused_linreg::linear_forward");
+const c10::TypedOperatorHandle<LinearForwardOp>& forward_op() {
+  static const auto op = find_op<LinearForwardOp>("fused_linreg::linear_forward");
   return op;
 }
-const c10::TypedOperatorHandle<ReLUForwardOp>& relu_forward_op() {
-  static const auto op = find_op<ReLUForwardOp>("fused_linreg::linear_relu_forward");
+const c10::TypedOperatorHandle<LinearReluForwardOp>& relu_forward_op() {
+  static const auto op = find_op<LinearReluForwardOp>("fused_linreg::linear_relu_forward");
   return op;
 }
-const c10::TypedOperatorHandle<BackwardOp>& backward_op() {
-  static const auto op = find_op<BackwardOp>("fused_linreg::linear_backward");
+const c10::TypedOperatorHandle<LinearBackwardOp>& backward_op() {
+  static const auto op = find_op<LinearBackwardOp>("fused_linreg::linear_backward");
   return op;
 }
 

@@ -1,9 +1,10 @@
-// Every fused_linreg operator schema, in one place. Kernels register per device in cpu/ and
-// cuda/; fake kernels and autograd are registered from Python (fused_linreg/_ops.py).
+// Every fused_linreg operator schema, in one place (their C++ signatures: ops.h). Kernels register
+// per device in cpu/ and cuda/, autograd in autograd.cpp; fake kernels, vmap rules and error
+// kernels from Python (fused_linreg/_ops.py).
 #include <torch/library.h>
 #include <torch/extension.h>
 
-#include "cpu/fma_peak.h"
+#include "bench/fma_peak.h"
 #include "cpu/isa.h"
 
 TORCH_LIBRARY(fused_linreg, m) {
@@ -82,7 +83,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
       "set_cpu_isa", [](const std::string& name) { fused_linreg::cpu::set_isa(name.c_str()); },
       "Use the named CPU kernels (avx512, avx2, generic) for later calls.");
   // For the benchmark (python -m fused_linreg.bench): the "% of peak" denominator.
-  module.def("measure_fma_peak_gflops", &fused_linreg::cpu::measure_fma_peak_gflops,
+  module.def("measure_fma_peak_gflops", &fused_linreg::bench::measure_fma_peak_gflops,
              "GFLOP/s of independent FMA chains on all torch threads: this CPU's peak.",
              py::arg("dtype") = "float32", py::arg("isa") = "", py::arg("seconds") = 0.25);
 }

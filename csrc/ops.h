@@ -46,48 +46,44 @@ std::vector<int64_t> rows_shape(const at::Tensor& input, int64_t last);
 // Bytes per row of a ReLU bitmask over `n` outputs (padded to 32-bit words).
 inline int64_t relu_mask_row_bytes(int64_t n) { return (n + 31) / 32 * 4; }
 
-namespace cpu {
-at::Tensor linear_forward(const at::Tensor& input, const at::Tensor& weight,
-                          const OptionalTensor& bias, bool relu);
-std::tuple<at::Tensor, at::Tensor> linear_relu_forward(const at::Tensor& input,
-                                                       const at::Tensor& weight,
-                                                       const OptionalTensor& bias);
-LinearGrads linear_backward(const at::Tensor& grad_output, const at::Tensor& input,
-                            const at::Tensor& weight, const OptionalTensor& relu_mask,
-                            std::array<bool, 3> output_mask);
-void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-               const c10::List<bool>& init_momentum_buffers, double lr, double momentum,
-               double dampening, double weight_decay, bool nesterov, bool maximize,
-               const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
-void linear_backward_sgd_(const at::Tensor& grad_output, const at::Tensor& input,
-                          const at::Tensor& weight, const OptionalTensor& relu_mask,
-                          const OptionalTensor& bias, const OptionalTensor& weight_momentum_buffer,
-                          const OptionalTensor& bias_momentum_buffer, bool init_weight_momentum,
-                          bool init_bias_momentum,
-                          double lr, double momentum, double dampening, double weight_decay,
-                          bool nesterov, bool maximize);
-}  // namespace cpu
+// Each operator's C++ signature, declared once: the device kernels below are declared with these
+// types, and autograd.cpp looks the operators up in the dispatcher with them.
+using LinearForwardOp = at::Tensor(const at::Tensor& input, const at::Tensor& weight,
+                                   const OptionalTensor& bias, bool relu);
+using LinearReluForwardOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor& input,
+                                                               const at::Tensor& weight,
+                                                               const OptionalTensor& bias);
+using LinearBackwardOp = LinearGrads(const at::Tensor& grad_output, const at::Tensor& input,
+                                     const at::Tensor& weight, const OptionalTensor& relu_mask,
+                                     std::array<bool, 3> output_mask);
+using SgdStepOp = void(at::TensorList params, at::TensorList grads,
+                       at::TensorList momentum_buffers, const c10::List<bool>& init_momentum_buffers,
+                       double lr, double momentum, double dampening, double weight_decay,
+                       bool nesterov, bool maximize, const OptionalTensor& grad_scale,
+                       const OptionalTensor& found_inf);
+using LinearBackwardSgdOp = void(const at::Tensor& grad_output, const at::Tensor& input,
+                                 const at::Tensor& weight, const OptionalTensor& relu_mask,
+                                 const OptionalTensor& bias,
+                                 const OptionalTensor& weight_momentum_buffer,
+                                 const OptionalTensor& bias_momentum_buffer,
+                                 bool init_weight_momentum, bool init_bias_momentum, double lr,
+                                 double momentum, double dampening, double weight_decay,
+                                 bool nesterov, bool maximize);
 
-// The same operators on CUDA tensors (csrc/cuda/; compiled only in CUDA builds).
+// The operators on CPU tensors (csrc/cpu/) and on CUDA tensors (csrc/cuda/; CUDA builds only).
+namespace cpu {
+LinearForwardOp linear_forward;
+LinearReluForwardOp linear_relu_forward;
+LinearBackwardOp linear_backward;
+SgdStepOp sgd_step_;
+LinearBackwardSgdOp linear_backward_sgd_;
+}  // namespace cpu
 namespace cuda {
-at::Tensor linear_forward(const at::Tensor& input, const at::Tensor& weight,
-                          const OptionalTensor& bias, bool relu);
-std::tuple<at::Tensor, at::Tensor> linear_relu_forward(const at::Tensor& input,
-                                                       const at::Tensor& weight,
-                                                       const OptionalTensor& bias);
-LinearGrads linear_backward(const at::Tensor& grad_output, const at::Tensor& input,
-                            const at::Tensor& weight, const OptionalTensor& relu_mask,
-                            std::array<bool, 3> output_mask);
-void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-               const c10::List<bool>& init_momentum_buffers, double lr, double momentum,
-               double dampening, double weight_decay, bool nesterov, bool maximize,
-               const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
-void linear_backward_sgd_(const at::Tensor& grad_output, const at::Tensor& input,
-                          const at::Tensor& weight, const OptionalTensor& relu_mask,
-                          const OptionalTensor& bias, const OptionalTensor& weight_momentum_buffer,
-                          const OptionalTensor& bias_momentum_buffer, bool init_weight_momentum,
-                          bool init_bias_momentum, double lr, double momentum, double dampening,
-                          double weight_decay, bool nesterov, bool maximize);
+LinearForwardOp linear_forward;
+LinearReluForwardOp linear_relu_forward;
+LinearBackwardOp linear_backward;
+SgdStepOp sgd_step_;
+LinearBackwardSgdOp linear_backward_sgd_;
 }  // namespace cuda
 
 }  // namespace fused_linreg

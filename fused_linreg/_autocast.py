@@ -14,7 +14,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from fused_linreg._ops import ops
+from fused_linreg._ops import FORWARD_OPS, ops
 
 __all__ = ["autocast_dtype", "cast_linear_args"]
 
@@ -57,6 +57,6 @@ def _autocast_kernel(op: Callable, device_type: str) -> Callable:
     return kernel
 
 
-for _name in ("linear_forward", "linear_relu_forward"):
+for _name in FORWARD_OPS:
     for _device_type, _key in _AUTOCAST_KEYS.items():
         _lib.impl(_name, _autocast_kernel(getattr(ops, _name).default, _device_type), _key)

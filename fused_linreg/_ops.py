@@ -1,5 +1,7 @@
-"""The fused_linreg operators: loading the compiled kernels, their fake (meta) kernels for
-torch.compile, and their autograd. Everything else in the package goes through here."""
+"""The fused_linreg operators: loading the compiled kernels, and the Python-side registrations
+(fake kernels for torch.compile, vmap rules, error kernels). Their schemas, device kernels and
+autograd are registered in C++ (csrc/fused_linreg.cpp, csrc/cpu/, csrc/cuda/, csrc/autograd.cpp).
+Everything else in the package goes through here."""
 from typing import Optional, Sequence
 
 import torch
@@ -10,6 +12,12 @@ from fused_linreg._build_check import cuda_missing_message, load_extension
 _C = load_extension()
 _C._register_error_types(_checks.TensorTypeError, _checks.UnsupportedDtypeError)
 ops = torch.ops.fused_linreg
+
+# The operator names (schemas in csrc/fused_linreg.cpp): the forwards, the linear ops (forwards and
+# backward) and every op; the registrations below and in _autocast.py iterate over these.
+FORWARD_OPS = ("linear_forward", "linear_relu_forward")
+LINEAR_OPS = FORWARD_OPS + ("linear_backward",)
+ALL_OPS = LINEAR_OPS + ("linear_backward_sgd_", "sgd_step_")
 
 
 def relu_mask_row_bytes(out_features: int) -> int:
@@ -156,7 +164,7 @@ def _no_legacy_vmap(name):
     return refuse
 
 
-for _name in ("linear_forward", "linear_relu_forward", "linear_backward"):
+for _name in LINEAR_OPS:
     _legacy_vmap_lib.impl(_name, _no_legacy_vmap(_name), "Batched")
 
 
@@ -173,15 +181,14 @@ if not _C.build_info()["cuda"]:
         )
         raise RuntimeError(cuda_missing_message(device))
 
-    for _name in ("linear_forward", "linear_relu_forward", "linear_backward", "linear_backward_sgd_", "sgd_step_"):
+    for _name in ALL_OPS:
         _cpu_only_lib.impl(_name, _no_cuda_kernels, "CUDA")
 
 
 # ---- a clear error naming the argument for sparse tensors (instead of a dispatcher message) -----
 
 _dense_only_lib = torch.library.Library("fused_linreg", "IMPL")
-for _name in ("linear_forward", "linear_relu_forward", "linear_backward", "linear_backward_sgd_",
-              "sgd_step_"):
+for _name in ALL_OPS:
     for _key in ("SparseCPU", "SparseCUDA", "SparseCsrCPU", "SparseCsrCUDA"):
         _dense_only_lib.impl(_name, _checks.not_dense(_name), _key)
 

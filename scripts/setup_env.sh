@@ -26,7 +26,7 @@ step "installing pip, setuptools, wheel"
 step "installing $TORCH_SPEC and requirements-dev.txt (the first time: a download of several hundred MB)"
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" -r requirements-dev.txt
 
-sources=$(ls csrc/*.cpp csrc/cpu/*.cpp | wc -l)
+sources=$(ls csrc/*.cpp csrc/cpu/*.cpp csrc/bench/*.cpp | wc -l)
 step "building fused_linreg against $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)') ($sources C++ files, $MAX_JOBS jobs; the first build takes minutes, later ones recompile only what changed)"
 mkdir -p build
 # pip -v passes the build's output through; of it, ninja's "[done/total] <compile command>" lines

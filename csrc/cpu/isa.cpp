@@ -55,6 +55,11 @@ std::atomic<const IsaKernels*> active{nullptr};
 
 }  // namespace
 
+bool isa_supported(const char* name) {
+  __builtin_cpu_init();
+  return find_supported(name) != nullptr;
+}
+
 const IsaKernels& active_kernels() {
   const IsaKernels* k = active.load(std::memory_order_acquire);
   if (k == nullptr) {

@@ -45,6 +45,9 @@ namespace generic { const IsaKernels& kernels(); }
 const IsaKernels& active_kernels();
 // Throws std::invalid_argument for a name that is unknown or unsupported by this CPU.
 void set_isa(const char* name);
+// Whether this CPU can run the named ISA path ("avx512", "avx2", "generic"; false for any other
+// name): the one feature test, also used by the FMA-peak benchmark (csrc/bench/fma_peak.cpp).
+bool isa_supported(const char* name);
 // Names of the ISA paths this CPU can run, best first.
 const char* const* supported_isas(int* count);
 

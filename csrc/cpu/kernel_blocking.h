@@ -49,6 +49,19 @@ template <typename A> struct ThreadBuffer {
     return data;
   }
 };
+// The per-thread buffers, one per (element type, slot): buffers live at the same time on one
+// thread need different slots.
+enum BufferSlot : int {
+  kTileOutSlot = 0,         // a task's local output tile
+  kPackedASlot = 1,         // packed A panels
+  kPackedBSlot = 2,         // B packed once for all tasks of a call
+  kSliceOutSlot = 3,        // split-K slices' partial outputs
+  kRowSumPartialsSlot = 4,  // split-K slices' partial row sums
+  kLaneSumsSlot = 5,        // pack_panels' vector lane sums
+  kBlockRowSumsSlot = 6,    // pack_a's row sums of one block
+  kTaskPackedBSlot = 7,     // B packed by one task for itself
+  kSgdChunksSlot = 8,       // the SGD kernel's chunk table (int64_t)
+};
 template <typename A, int Slot> A* thread_buffer(int64_t n) {
   static thread_local ThreadBuffer<A> buffer;
   return buffer.get(n);

@@ -86,9 +86,9 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
     } else {
       // Padded by a cache line so that rows a power of two apart do not alias in L1.
       ld = (jp1 - jp0) * NR + 64 / int(sizeof(A));
-      out = thread_buffer<A, 0>(mb_pad * ld);
+      out = thread_buffer<A, kTileOutSlot>(mb_pad * ld);
     }
-    A* packed_a = thread_buffer<A, 1>(mb_pad * KC);
+    A* packed_a = thread_buffer<A, kPackedASlot>(mb_pad * KC);
     // The bias gradient is summed by one task per row block, on the first column block only.
     A* row_sums =
         (p.row_sum_partials && cb == 0 && p.j0 == 0) ? p.row_sum_partials + s * g.M + i0 : nullptr;
@@ -108,7 +108,7 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
                     row_sums ? row_sums + in_place_rows : nullptr);
       const A* b_block;  // the B micro-panels jp0 .. jp1 of this K block, NR * kb apart
       if (p.pack_b_in_task) {
-        A* own = thread_buffer<A, 7>((jp1 - jp0) * NR * KC);
+        A* own = thread_buffer<A, kTaskPackedBSlot>((jp1 - jp0) * NR * KC);
         pack_b(g, k0, kb, p.j0 + jp0 * NR, min64((jp1 - jp0) * NR, p.ncols - jp0 * NR), own);
         b_block = own;
       } else {
@@ -227,7 +227,7 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
   if (g.N == 0) {
     // No output, but the row sums (a bias gradient) may still be wanted.
     if (g.a_row_sums) {
-      pack_a_blocks(g, thread_buffer<A, 1>(round_up(g.M, MR) * KC), 0);  // for the sums only
+      pack_a_blocks(g, thread_buffer<A, kPackedASlot>(round_up(g.M, MR) * KC), 0);  // for the sums only
     }
     return;
   }
@@ -262,10 +262,10 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
 
   A* slice_out = nullptr;
   if (p.slices > 1)
-    slice_out = thread_buffer<A, 3>(p.slices * round_up(g.M, MR) * nc);
+    slice_out = thread_buffer<A, kSliceOutSlot>(p.slices * round_up(g.M, MR) * nc);
   A* row_sum_partials = nullptr;
   if (g.a_row_sums) {
-    row_sum_partials = thread_buffer<A, 4>(p.slices * g.M);
+    row_sum_partials = thread_buffer<A, kRowSumPartialsSlot>(p.slices * g.M);
     for (int64_t i = 0; i < p.slices * g.M; ++i) row_sum_partials[i] = 0;
   }
 
@@ -297,7 +297,7 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
     // The shared packed B holds all of K for the column block: only allocated when shared
     // (a single row block packs in its tasks, which also keeps a huge K within memory).
     p.pack_b_in_task = p.m_blocks == 1;
-    p.packed_b = p.pack_b_in_task ? nullptr : thread_buffer<A, 2>(p.slices * p.slice_k * nc);
+    p.packed_b = p.pack_b_in_task ? nullptr : thread_buffer<A, kPackedBSlot>(p.slices * p.slice_k * nc);
     if (!p.pack_b_in_task) run_parallel(pack_b_tasks(p), threaded, &pack_b_task<T>, &p);
     run_parallel(p.slices * p.m_blocks * p.chunks, threaded, &compute_task<T>, &p);
     if (p.slices > 1)

@@ -121,7 +121,7 @@ template <typename T, int NB> void narrow_task(void* ctx, int64_t begin, int64_t
   constexpr int64_t KC = Tile<A>::KC;
   const NarrowPlan<T, NB>& plan = *static_cast<const NarrowPlan<T, NB>*>(ctx);
   const GemmArgs<T>& g = *plan.g;
-  A* panel = thread_buffer<A, 1>(P * KC);
+  A* panel = thread_buffer<A, kPackedASlot>(P * KC);
   V partial[NB][RV];  // the sums of the K blocks before the current one
   // Finished columns. The transposes back to rows carry columns past N into lanes that are never
   // stored, so only the first NB are rewritten for each row group.
@@ -174,7 +174,7 @@ template <typename T, int NB> void narrow_task(void* ctx, int64_t begin, int64_t
 template <typename T, int NB> void gemm_rows_in_lanes(const GemmArgs<T>& g) {
   using A = acc_t<T>;
   constexpr int P = NarrowTile<A>::row_vectors(NB) * Vec<A>::width;
-  A* packed_b = thread_buffer<A, 2>(max64(g.K, 1) * NB);
+  A* packed_b = thread_buffer<A, kPackedBSlot>(max64(g.K, 1) * NB);
   pack_narrow_b<NB>(g, packed_b);
   NarrowPlan<T, NB> plan{&g, packed_b};
   if (g.a_row_sums)
@@ -272,7 +272,7 @@ template <typename A> void dot_task(void* ctx, int64_t begin, int64_t end) {
 template <typename A> void gemm_dot(const GemmArgs<A>& g) {
   constexpr int W = Vec<A>::width;
   DotPlan<A> p{&g, nullptr, round_up(g.K, W)};
-  A* b_rows = thread_buffer<A, 2>(g.N * p.k_padded);
+  A* b_rows = thread_buffer<A, kPackedBSlot>(g.N * p.k_padded);
   for (int64_t n = 0; n < g.N; ++n)
     for (int64_t k = 0; k < p.k_padded; ++k)
       b_rows[n * p.k_padded + k] = k < g.K ? g.b[k * g.b_rs + n * g.b_cs] : -A(0);

@@ -104,7 +104,7 @@ void pack_panels(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb
   constexpr int kGroups = (P + W - 1) / W;
   V* sums = nullptr;
   if (lane_sums && k_transposed < kb)
-    sums = reinterpret_cast<V*>(thread_buffer<A, 5>(panels * kGroups * W));
+    sums = reinterpret_cast<V*>(thread_buffer<A, kLaneSumsSlot>(panels * kGroups * W));
   for (int64_t i = 0; sums && i < panels * kGroups; ++i) sums[i] = V{};
   for (int64_t k = k_transposed; k < kb; ++k) {
     for (int64_t p = 0; p < panels; ++p) {
@@ -139,7 +139,7 @@ void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t mb, int64_t k0, int64_t kb
   const PanelMask pm{g.a_mask, g.a_mask_transposed, i0, k0};
   // Sums of this block first, then added: a running sum over millions of rows would stall
   // (float32 stops growing at 2^24), a sum per block of KC rows does not.
-  A* block_sums = row_sums ? thread_buffer<A, 6>(mb) : nullptr;
+  A* block_sums = row_sums ? thread_buffer<A, kBlockRowSumsSlot>(mb) : nullptr;
   for (int64_t i = 0; block_sums && i < mb; ++i) block_sums[i] = 0;
   pack_panels<P>(g.a + i0 * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs, mb, kb, dst,
                            g.a_mask.bits ? &pm : nullptr, block_sums);

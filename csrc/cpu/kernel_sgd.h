@@ -71,7 +71,7 @@ void sgd(const SgdTensor<T>* tensors, int64_t count, const SgdOptions& options, 
   int64_t chunks = 0;
   for (int64_t i = 0; i < count; ++i) chunks += ceil_div(tensors[i].numel, kSgdChunk);
   if (chunks == 0) return;
-  int64_t* chunk_tensor = thread_buffer<int64_t, 5>(2 * chunks);
+  int64_t* chunk_tensor = thread_buffer<int64_t, kSgdChunksSlot>(2 * chunks);
   int64_t* chunk_begin = chunk_tensor + chunks;
   int64_t c = 0, total = 0;
   for (int64_t i = 0; i < count; ++i) {

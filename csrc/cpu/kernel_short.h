@@ -42,7 +42,7 @@ template <typename T, int Rows> void short_task(void* ctx, int64_t begin, int64_
       }
     }
     if (b == nullptr) {
-      A* own = thread_buffer<A, 7>(max64(g.K, 1) * NR);
+      A* own = thread_buffer<A, kTaskPackedBSlot>(max64(g.K, 1) * NR);
       pack_b(g, 0, g.K, n0, nr, own);
       b = own;
     }
@@ -77,7 +77,7 @@ template <typename T> bool gemm_short(const GemmArgs<T>& g) {
     if (r < MR && g.M <= r && rows == 0) rows = r;
   if (rows == 0 || g.K > kShortMaxK) return false;
   // The row sums of the whole of A' come out of packing it, K block by K block as in the tiled path.
-  A* packed_a = thread_buffer<A, 1>(max64(g.K, 1) * MR);
+  A* packed_a = thread_buffer<A, kPackedASlot>(max64(g.K, 1) * MR);
   const bool a_rows = pack_a_blocks(g, packed_a, MR);
   if (rows == 1)
     gemm_short_rows<T, 1>(g, packed_a, a_rows);

@@ -2,7 +2,7 @@
 #pragma once
 #include <string>
 
-namespace fused_linreg::cpu {
+namespace fused_linreg::bench {
 
 // GFLOP/s of independent FMA chains in registers on all of ATen's threads (at most one per
 // usable CPU), each thread's best rate in its own CPU time over repeated runs of about
@@ -11,4 +11,4 @@ namespace fused_linreg::cpu {
 // CPU supports. Throws std::invalid_argument for an unknown or unsupported name.
 double measure_fma_peak_gflops(const std::string& dtype, const std::string& isa, double seconds);
 
-}  // namespace fused_linreg::cpu
+}  // namespace fused_linreg::bench

@@ -5,7 +5,7 @@
 // ISA with a target attribute and `flatten`, which inlines the shared chain loop and the ISA's
 // intrinsics into it (the loop compiles to kChains back-to-back vfmadd on registers). The chains
 // run on as many threads as ATen uses (at::get_num_threads()), at most one per usable CPU.
-#include "cpu/fma_peak.h"
+#include "bench/fma_peak.h"
 
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -21,11 +21,13 @@
 #include <thread>
 #include <vector>
 
+#include "cpu/isa.h"
+
 // The shared loop is also instantiated on its own for the baseline ISA (never called): GCC warns
 // that wide vectors change the ABI there.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-namespace fused_linreg::cpu {
+namespace fused_linreg::bench {
 namespace {
 
 // The chain loop, generic over an ISA's vector type V of T and its operations (`Ops`).
@@ -125,22 +127,13 @@ const PeakKernel kKernels[] = {
     {"generic", "float64", &chains_generic_f64, flops_per_iter<GenericF64>()},
 };
 
-bool isa_supported(const char* isa) {
-  __builtin_cpu_init();
-  if (std::strcmp(isa, "avx512") == 0)
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-  if (std::strcmp(isa, "avx2") == 0)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return std::strcmp(isa, "generic") == 0;
-}
-
 const PeakKernel& choose(const std::string& dtype, const std::string& isa) {
   if (dtype != "float32" && dtype != "float64")
     throw std::invalid_argument("measure_fma_peak_gflops: dtype must be 'float32' or 'float64', got '" +
                                 dtype + "'");
   for (const PeakKernel& k : kKernels) {
     if (dtype != k.dtype || !(isa.empty() || isa == k.isa)) continue;
-    if (isa_supported(k.isa)) return k;
+    if (cpu::isa_supported(k.isa)) return k;
     if (!isa.empty()) break;
   }
   throw std::invalid_argument("measure_fma_peak_gflops: ISA '" + isa +
@@ -227,4 +220,4 @@ double measure_fma_peak_gflops(const std::string& dtype, const std::string& isa,
   return gflops;
 }
 
-}  // namespace fused_linreg::cpu
+}  // namespace fused_linreg::bench
