@@ -1,5 +1,5 @@
 """This CPU's FMA peak, measured by fused_linreg's own kernel of independent FMA chains
-(csrc/cpu/fma_peak.cpp) on all torch threads: the denominator of the "% of peak" column.
+(csrc/bench/fma_peak.cpp) on all torch threads: the denominator of the "% of peak" column.
 Each thread's rate is taken in its own CPU time, so other processes on a shared machine do not
 lower it (the timed work itself, measured in wall time, still suffers from them)."""
 import os
