@@ -86,7 +86,7 @@ def _layer(case: LayerCase, pass_, setup):
         if setup.device.type == "cuda":
             impls["addmm_act"] = lambda: torch._addmm_activation(bias, x, weight.t(), use_gelu=False)
         impls.update(peers.build(setup.peers, setup.device, x, weight, bias,
-                                 eager_linear_relu(x, weight, bias)))
+                                 lambda: eager_linear_relu(x, weight, bias)))
     else:
         for t in (x, weight, bias):
             t.requires_grad_(True)
@@ -123,7 +123,7 @@ def _gemm(case: GemmCase, setup):
     b = _randn(setup, case.size, case.size, scale=case.size ** -0.5, seed=2)
     # All compute a @ b.T, the layout of a linear layer's forward.
     impls = {"fused": lambda: functional.linear(a, b), "eager": lambda: torch.mm(a, b.t())}
-    impls.update(peers.build(setup.peers, setup.device, a, b, None, torch.mm(a, b.t())))
+    impls.update(peers.build(setup.peers, setup.device, a, b, None, lambda: torch.mm(a, b.t())))
     return impls, None
 
 

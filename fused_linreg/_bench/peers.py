@@ -208,9 +208,13 @@ def _checked(make, x, weight, bias, expected):
     return run
 
 
-def build(peers, device, x, weight, bias, expected):
-    """name -> callable (result checked) or why not, for each peer; ``bias`` None: the GEMM."""
+def build(peers, device, x, weight, bias, reference):
+    """name -> callable (result checked) or why not, for each peer; ``bias`` None: the GEMM.
+    ``reference()`` computes plain PyTorch's result, only when there is a peer to check."""
     makers = {"openblas": _openblas, "onednn": _onednn}
     if device.type != "cpu":
         return {name: f"skipped: a CPU library, not timed on {device}" for name in peers}
+    if not peers:
+        return {}
+    expected = reference()
     return {name: _checked(makers[name], x, weight, bias, expected) for name in peers}
