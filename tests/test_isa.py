@@ -67,6 +67,26 @@ def test_row_results_do_not_depend_on_the_batch(isa, dtype, rows):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("rows", [(1, 1024, 40), (2, 257, 33), (3, 17, 100), (4, 600, 70), (1, 15, 5),
+                                  (2, 16, 64), (4, 31, 9), (8, 300, 50)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_short_outputs_round_as_the_tiled_path(isa, dtype, rows):
+    # Outputs of up to 8 rows multiply by W's rows transposed in registers (or packed), a batch of
+    # 48 rows through packed micro-panels: the same sums in the same order, with or without bias.
+    M, K, N = rows
+    g = torch.Generator().manual_seed(M * K + N)
+    x = torch.randn(M, K, generator=g, dtype=dtype)
+    w, b = torch.randn(N, K, generator=g, dtype=dtype), torch.randn(N, generator=g, dtype=dtype)
+    batch = torch.cat([x, torch.randn(48 - M, K, generator=g, dtype=dtype)])
+    for bias in (b, None):
+        for op in (fused_linreg.functional.linear, fused_linreg.functional.linear_relu):
+            assert torch.equal(op(x, w, bias), op(batch, w, bias)[:M])
+    ref = torch.nn.functional.linear(x.double(), w.double(), b.double())
+    torch.testing.assert_close(fused_linreg.functional.linear(x, w, b).double(), ref,
+                               rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_sgd_matches_pytorch(isa, dtype):
     options = dict(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)
     results = []

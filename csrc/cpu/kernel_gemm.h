@@ -9,7 +9,9 @@ template <typename T> struct GemmPlan {
   const GemmArgs<T>* g;
   int64_t slices, slice_k;  // split of K into independent slices (fixed by shape, not threads)
   int64_t j0, ncols, npanels;  // the current column block
-  int64_t mc, m_blocks;        // row blocks
+  // Row blocks: m_blocks runs of the ceil(M / MR) micro-panels, their lengths differing by at most
+  // one micro-panel, so that threads given equal numbers of tasks get equal work.
+  int64_t m_blocks;
   int64_t chunk_panels, chunks;  // column chunks of one task
   A* packed_b;  // [slice][K block][panel][kb][NR]
   // With a single row block each B panel has one consumer: its task packs it right before use,
@@ -21,6 +23,10 @@ template <typename T> struct GemmPlan {
   A* slice_out;  // split-K partial results: [slice][M][round_up(ncols, NR)], else nullptr
   A* row_sum_partials;  // [slice][M] when g->a_row_sums, else nullptr
 
+  int64_t row_block_begin(int64_t ib) const {
+    const int64_t panels = ceil_div(g->M, Tile<A>::MR);
+    return min64(ib * panels / m_blocks * Tile<A>::MR, g->M);
+  }
   int64_t slice_begin(int64_t s) const { return min64(s * slice_k, g->K); }
   int64_t slice_end(int64_t s) const { return min64((s + 1) * slice_k, g->K); }
   // Offset of K block k0 of slice s in packed_b.
@@ -70,7 +76,7 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
   for (int64_t t = begin; t < end; ++t) {
     const int64_t s = t / (p.m_blocks * p.chunks);
     const int64_t ib = (t / p.chunks) % p.m_blocks, cb = t % p.chunks;
-    const int64_t i0 = ib * p.mc, mb = min64(p.mc, g.M - i0);
+    const int64_t i0 = p.row_block_begin(ib), mb = p.row_block_begin(ib + 1) - i0;
     if (mb <= 0) continue;
     const int64_t jp0 = cb * p.chunk_panels, jp1 = min64(jp0 + p.chunk_panels, p.npanels);
     if (jp0 >= jp1) continue;
@@ -289,8 +295,7 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
       while (p.slices * m_blocks * chunks < threads && chunks < p.npanels) ++chunks;
       while (p.slices * m_blocks * chunks < threads && m_blocks < max_m_blocks) ++m_blocks;
     }
-    p.mc = round_up(ceil_div(g.M, m_blocks), MR);
-    p.m_blocks = ceil_div(g.M, p.mc);
+    p.m_blocks = min64(m_blocks, ceil_div(g.M, MR));
     p.chunk_panels = ceil_div(p.npanels, chunks);
     p.chunks = ceil_div(p.npanels, p.chunk_panels);
 

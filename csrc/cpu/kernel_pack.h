@@ -79,11 +79,19 @@ void pack_panels(const T* src, int64_t ls, int64_t ks, int64_t lanes, int64_t kb
       V sums = V{};
       for (int64_t k = 0; k < k_transposed; k += W) {
         V block[W];
-        for (int l = 0; l < W; ++l) {
-          if (l < n && k + 4 * W < kb) __builtin_prefetch(src + (lane + l) * ls + k + 4 * W);
-          block[l] = l < n ? Ops::load(src + (lane + l) * ls + k, W) : V{};
-          if (pm && l < n) block[l] = Ops::select(block[l], pm->lane_bits(lane + l, k, W));
+        bool loaded = false;
+        if constexpr (std::is_same_v<T, A>) {
+          if (n == W) {  // a whole group: unrolled, so that the block stays in registers
+            for (int l = 0; l < W; ++l) block[l] = load_vector(src + (lane + l) * ls + k);
+            loaded = true;
+          }
         }
+        for (int l = 0; l < W && !loaded; ++l)
+          block[l] = l < n ? Ops::load(src + (lane + l) * ls + k, W) : V{};
+        for (int l = 0; l < n && k + 4 * W < kb; ++l)
+          __builtin_prefetch(src + (lane + l) * ls + k + 4 * W);
+        for (int l = 0; pm && l < n; ++l)
+          block[l] = Ops::select(block[l], pm->lane_bits(lane + l, k, W));
         Ops::transpose(block);
         for (int kk = 0; kk < W; ++kk) {
           // A fixed-size copy for whole groups: a run-time length compiles to a string copy.

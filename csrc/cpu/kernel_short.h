@@ -24,6 +24,63 @@ template <typename T> struct ShortPlan {
   bool a_rows;
 };
 
+// B the transpose of a K-contiguous operand (the forward's W^T, W's rows its columns) would be
+// packed by register transposes, stored and read back. With few rows to serve, the transposes
+// feed the multiply-adds directly instead, a W x W block of W's rows at a time: for as many rows
+// as leave the block and its transpose's temporaries their registers.
+template <typename A>
+constexpr int kTransposedBMaxRows = FUSED_LINREG_VECTOR_REGISTERS - Vec<A>::width - 4;
+
+// The microkernel's sums for one panel of columns n0 .. n0+nr over a transposed B, in the same
+// order (K blocks of KC from -0.0, each step a multiply-add, the blocks added in order).
+template <typename T, int Rows>
+void short_transposed_panel(const ShortPlan<T>& p, int64_t n0, int64_t nr) {
+  using A = T;
+  using Ops = VecOps<A>;
+  using V = typename Ops::V;
+  constexpr int MR = Tile<A>::MR, NV = Tile<A>::NV, W = Tile<A>::W;
+  constexpr int64_t KC = Tile<A>::KC;
+  const GemmArgs<T>& g = *p.g;
+  alignas(64) A partial[Rows * Tile<A>::NR];  // the sums of the K blocks so far
+  int64_t k0 = 0;
+  do {  // at least once, so that K == 0 still yields zeros
+    const int64_t kb = min64(KC, g.K - k0);
+    const A* a = p.packed_a + k0 * MR;  // A'(i, k) at a[i * a_is + k * a_ks]
+    const int64_t a_is = p.a_rows ? kb : 1, a_ks = p.a_rows ? 1 : MR;
+    V sums[Rows][NV];
+    // A group's W rows at a time, over the whole K block: more rows read side by side (the
+    // panel's NR) would share too few L1 sets when their stride is a power of two.
+    for (int v = 0; v < NV; ++v) {
+      const int lanes = int(min64(W, max64(0, nr - v * W)));
+      V s[Rows];  // in registers: sums[i][v] at a run-time v would live in memory
+      for (int i = 0; i < Rows; ++i) s[i] = -V{};
+      for (int64_t k = 0; k < kb && lanes > 0; k += W) {
+        const int steps = int(min64(W, kb - k));
+        const A* rows = g.b + (n0 + v * W) * g.b_cs + k0 + k;
+        V block[W];
+        if (lanes == W && steps == W) {
+          for (int l = 0; l < W; ++l) block[l] = load_vector(rows + l * g.b_cs);
+        } else {
+          for (int l = 0; l < W; ++l) block[l] = l < lanes ? Ops::load(rows + l * g.b_cs, steps) : V{};
+        }
+        Ops::transpose(block);
+        for (int kk = 0; kk < steps; ++kk)
+          for (int i = 0; i < Rows; ++i) s[i] += a[i * a_is + (k + kk) * a_ks] * block[kk];
+      }
+      for (int i = 0; i < Rows; ++i) sums[i][v] = s[i];
+    }
+    for (int i = 0; i < Rows && k0 > 0; ++i)
+      for (int v = 0; v < NV; ++v) sums[i][v] += load_vector(partial + i * Tile<A>::NR + v * W);
+    k0 += kb;
+    if (k0 >= g.K) {
+      for (int i = 0; i < Rows && i < g.M; ++i) finish_row(g, sums[i], i, n0, nr);
+      return;
+    }
+    for (int i = 0; i < Rows; ++i)
+      for (int v = 0; v < NV; ++v) store_vector(partial + i * Tile<A>::NR + v * W, sums[i][v]);
+  } while (true);
+}
+
 template <typename T, int Rows> void short_task(void* ctx, int64_t begin, int64_t end) {
   using A = acc_t<T>;
   constexpr int MR = Tile<A>::MR, NR = Tile<A>::NR;
@@ -39,6 +96,12 @@ template <typename T, int Rows> void short_task(void* ctx, int64_t begin, int64_
       if (g.b_cs == 1 && nr == NR) {  // whole rows of B, read in place
         b = g.b + n0;
         ldb = g.b_rs;
+      }
+    }
+    if constexpr (std::is_same_v<T, A> && Rows <= kTransposedBMaxRows<A>) {
+      if (b == nullptr && g.b_rs == 1) {
+        short_transposed_panel<T, Rows>(p, n0, nr);
+        continue;
       }
     }
     if (b == nullptr) {

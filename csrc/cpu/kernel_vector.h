@@ -92,6 +92,61 @@ struct FusedMultiplyAdd {
   }
 };
 
+#if defined(FUSED_LINREG_ISA_AVX512)
+// 16 x 16 floats: in-lane unpacks, then 128-bit block shuffles; cheaper than the generic stages'
+// two-source permutes on every step.
+inline void transpose_16x16(__m512* r) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  // t[4q + 0/1] = unpacklo/hi of rows 4q, 4q+1; t[4q + 2/3] of rows 4q+2, 4q+3.
+  for (int q = 0; q < 16; q += 4)
+    for (int h = 0; h < 2; ++h) {
+      const __m512d lo = _mm512_castps_pd(t[q + h]), hi = _mm512_castps_pd(t[q + 2 + h]);
+      r[q + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, hi));
+      r[q + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, hi));
+    }
+  // r[4q + c] (c < 4): in each 128-bit block b, rows 4q .. 4q+3 of column 4b + c.
+  for (int c = 0; c < 4; ++c) {
+    // Blocks 0 and 2 (0x88), or 1 and 3 (0xdd), of rows 0-3 then of rows 4-7 (8-11, 12-15).
+    t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+    t[4 + c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+    t[8 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+    t[12 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+  }
+  for (int c = 0; c < 4; ++c) {  // columns c, 8 + c, 4 + c, 12 + c
+    r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd);
+    r[4 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xdd);
+  }
+}
+#endif
+#if defined(FUSED_LINREG_ISA_AVX2)
+// 8 x 8 floats: the same in-lane unpacks, then 128-bit half swaps.
+inline void transpose_8x8(__m256* r) {
+  __m256 t[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int q = 0; q < 8; q += 4)
+    for (int h = 0; h < 2; ++h) {
+      const __m256d lo = _mm256_castps_pd(t[q + h]), hi = _mm256_castps_pd(t[q + 2 + h]);
+      r[q + 2 * h] = _mm256_castpd_ps(_mm256_unpacklo_pd(lo, hi));
+      r[q + 2 * h + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(lo, hi));
+    }
+  // r[4q + c]: in each 128-bit half b, rows 4q .. 4q+3 of column 4b + c.
+  for (int c = 0; c < 4; ++c) {
+    const __m256 lo = r[c], hi = r[4 + c];
+    r[c] = _mm256_permute2f128_ps(lo, hi, 0x20);
+    r[4 + c] = _mm256_permute2f128_ps(lo, hi, 0x31);
+  }
+}
+#endif
+
 template <typename A> struct VecOps {
   using V = typename Vec<A>::type;
   using I = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;
@@ -208,10 +263,31 @@ template <typename A> struct VecOps {
     }
     return idx;
   }
-  // In-register transpose of W vectors: v[i][e] becomes v[e][i]. Stage D swaps the off-diagonal
-  // D x D blocks of every 2D x 2D block; everything is unrolled so the shuffles use constant
-  // index vectors.
-  template <int D = 1> static void transpose(V* v) {
+  // In-register transpose of W vectors: v[i][e] becomes v[e][i].
+  static void transpose(V* v) {
+#if defined(FUSED_LINREG_ISA_AVX512) || defined(FUSED_LINREG_ISA_AVX2)
+    if constexpr (sizeof(A) == 4) {
+#if defined(FUSED_LINREG_ISA_AVX512)
+      using R = __m512;
+#else
+      using R = __m256;
+#endif
+      R r[W];
+      for (int i = 0; i < W; ++i) r[i] = R(v[i]);
+#if defined(FUSED_LINREG_ISA_AVX512)
+      transpose_16x16(r);
+#else
+      transpose_8x8(r);
+#endif
+      for (int i = 0; i < W; ++i) v[i] = V(r[i]);
+      return;
+    }
+#endif
+    transpose_stages(v);
+  }
+  // The generic form: stage D swaps the off-diagonal D x D blocks of every 2D x 2D block;
+  // everything is unrolled so the shuffles use constant index vectors.
+  template <int D = 1> static void transpose_stages(V* v) {
     static constexpr std::array<I, W> lo = stage_indices<D, false>(), hi = stage_indices<D, true>();
     IV vlo, vhi;
     std::memcpy(&vlo, lo.data(), sizeof(IV));
@@ -223,7 +299,7 @@ template <typename A> struct VecOps {
       v[i] = __builtin_shuffle(a, b, vlo);
       v[i + D] = __builtin_shuffle(a, b, vhi);
     }
-    if constexpr (2 * D < W) transpose<2 * D>(v);
+    if constexpr (2 * D < W) transpose_stages<2 * D>(v);
   }
   template <int D, bool High> static constexpr std::array<I, W> stage_indices() {
     std::array<I, W> idx{};

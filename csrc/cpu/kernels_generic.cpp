@@ -3,6 +3,7 @@
 #include "cpu/kernels_prelude.h"
 #define FUSED_LINREG_ISA generic
 #define FUSED_LINREG_ISA_NAME "generic"
+#define FUSED_LINREG_VECTOR_REGISTERS 16
 #define FUSED_LINREG_VECTOR_BYTES 16
 #define FUSED_LINREG_MR_F32 6
 #define FUSED_LINREG_MR_F64 2
