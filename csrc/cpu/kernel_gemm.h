@@ -135,8 +135,8 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
           const int64_t m0 = i0 + ip, n0 = p.j0 + jp * NR;
           const int64_t mr = min64(MR, mb - ip), nr = min64(NR, p.ncols - jp * NR);
           if (!p.a_rows) {
-            microkernel<T, true>(kb, packed_a + ip * kb, 0, b_panel, NR, tile, ld, !first, finish,
-                                 m0, n0, mr, nr);
+            microkernel_rows<T, true>(kb, packed_a + ip * kb, 0, b_panel, NR, tile, ld, !first,
+                                      finish, m0, n0, mr, nr);
             continue;
           }
           const A* a_rows = packed_a + (ip - in_place_rows) * kb;
@@ -147,8 +147,8 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
               lda = g.a_rs;
             }
           }
-          microkernel<T, false>(kb, a_rows, lda, b_panel, NR, tile, ld, !first, finish, m0, n0, mr,
-                                nr);
+          microkernel_rows<T, false>(kb, a_rows, lda, b_panel, NR, tile, ld, !first, finish, m0, n0,
+                                     mr, nr);
         }
       }
       k0 += kb;
@@ -167,11 +167,11 @@ template <typename T> void reduce_slices_task(void* ctx, int64_t begin, int64_t 
   for (int64_t t = begin; t < end; ++t) {
     const int64_t it = t % row_tiles, jp = t / row_tiles;
     A* tile = p.slice_out + it * MR * ld + jp * NR;
+    const int64_t mr = min64(MR, g.M - it * MR);  // the rows past M were never computed
     for (int64_t s = 1; s < p.slices; ++s)
-      for (int i = 0; i < MR; ++i)
+      for (int i = 0; i < mr; ++i)
         for (int j = 0; j < NR; ++j) tile[i * ld + j] += tile[s * slice_stride + i * ld + j];
-    epilogue(g, tile, ld, it * MR, p.j0 + jp * NR, min64(MR, g.M - it * MR),
-             min64(NR, p.ncols - jp * NR));
+    epilogue(g, tile, ld, it * MR, p.j0 + jp * NR, mr, min64(NR, p.ncols - jp * NR));
   }
 }
 
