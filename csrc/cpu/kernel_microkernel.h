@@ -55,23 +55,17 @@ inline void microkernel(int64_t kc, const acc_t<T>* __restrict a, int64_t lda,
 // The microkernel over a micro-panel of mr <= MR rows: the last one of a row block takes the
 // fewest rows among 1, 2, 4, 8 that hold it, not MR (the same sums, without multiply-adds for the
 // padding rows, which it neither reads nor writes).
-template <typename T, bool PackedA>
+template <typename T, bool PackedA, int Rows = 1>
 inline void microkernel_rows(int64_t kc, const acc_t<T>* __restrict a, int64_t lda,
                              const acc_t<T>* __restrict b, int64_t ldb, acc_t<T>* __restrict c,
                              int64_t ldc, bool accumulate, const GemmArgs<T>* out, int64_t m0,
                              int64_t n0, int64_t mr, int64_t nr) {
-  constexpr int MR = Tile<acc_t<T>>::MR;
-  if constexpr (MR > 1)
-    if (mr <= 1)
-      return microkernel<T, PackedA, 1>(kc, a, lda, b, ldb, c, ldc, accumulate, out, m0, n0, mr, nr);
-  if constexpr (MR > 2)
-    if (mr <= 2)
-      return microkernel<T, PackedA, 2>(kc, a, lda, b, ldb, c, ldc, accumulate, out, m0, n0, mr, nr);
-  if constexpr (MR > 4)
-    if (mr <= 4)
-      return microkernel<T, PackedA, 4>(kc, a, lda, b, ldb, c, ldc, accumulate, out, m0, n0, mr, nr);
-  if constexpr (MR > 8)
-    if (mr <= 8)
-      return microkernel<T, PackedA, 8>(kc, a, lda, b, ldb, c, ldc, accumulate, out, m0, n0, mr, nr);
-  microkernel<T, PackedA>(kc, a, lda, b, ldb, c, ldc, accumulate, out, m0, n0, mr, nr);
+  if constexpr (Rows < Tile<acc_t<T>>::MR) {
+    if (mr <= Rows)
+      return microkernel<T, PackedA, Rows>(kc, a, lda, b, ldb, c, ldc, accumulate, out, m0, n0, mr, nr);
+    return microkernel_rows<T, PackedA, 2 * Rows>(kc, a, lda, b, ldb, c, ldc, accumulate, out, m0,
+                                                  n0, mr, nr);
+  } else {
+    microkernel<T, PackedA>(kc, a, lda, b, ldb, c, ldc, accumulate, out, m0, n0, mr, nr);
+  }
 }
