@@ -76,6 +76,10 @@ inline void run_parallel(int64_t tasks, bool threaded, ParallelBody body, void* 
 
 // Products of fewer flops run on the calling thread: waking the pool would cost more.
 constexpr double kThreadedMinFlops = 2e6;
+// The paths that stream an operand from memory with few multiply-adds per element (dot products,
+// outputs of a few rows) run several times slower per flop than the microkernel: their flops
+// count this much more towards kThreadedMinFlops.
+constexpr double kStreamingFlopCost = 6;
 
 // Runs body(ctx, u0, u1) over `units` independent units of work (row panels, column panels), in
 // a few tasks per thread when the product (`flops`) is worth threading.

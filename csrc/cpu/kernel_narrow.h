@@ -277,7 +277,8 @@ template <typename A> void gemm_dot(const GemmArgs<A>& g) {
     for (int64_t k = 0; k < p.k_padded; ++k)
       b_rows[n * p.k_padded + k] = k < g.K ? g.b[k * g.b_rs + n * g.b_cs] : -A(0);
   p.b_rows = b_rows;
-  run_units(ceil_div(g.M, W), 2.0 * double(g.M) * double(g.N) * double(g.K), &dot_task<A>, &p);
+  run_units(ceil_div(g.M, W), kStreamingFlopCost * 2.0 * double(g.M) * double(g.N) * double(g.K),
+            &dot_task<A>, &p);
 }
 
 // Takes the GEMM as dot products when that layout fits (returns false otherwise).

@@ -127,7 +127,8 @@ template <typename T, int Rows> void short_task(void* ctx, int64_t begin, int64_
 template <typename T, int Rows>
 void gemm_short_rows(const GemmArgs<T>& g, const acc_t<T>* packed_a, bool a_rows) {
   ShortPlan<T> plan{&g, packed_a, a_rows};
-  run_units(ceil_div(g.N, Tile<acc_t<T>>::NR), 2.0 * double(Rows) * double(g.N) * double(g.K),
+  run_units(ceil_div(g.N, Tile<acc_t<T>>::NR),
+            kStreamingFlopCost * 2.0 * double(Rows) * double(g.N) * double(g.K),
             &short_task<T, Rows>, &plan);
 }
 
