@@ -71,16 +71,18 @@ def test_row_results_do_not_depend_on_the_batch(isa, dtype, rows):
                                   (2, 16, 64), (4, 31, 9), (8, 300, 50)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_short_outputs_round_as_the_tiled_path(isa, dtype, rows):
-    # Outputs of up to 8 rows multiply by W's rows transposed in registers (or packed), a batch of
-    # 48 rows through packed micro-panels: the same sums in the same order, with or without bias.
+    # Outputs of up to 8 rows multiply by W's rows transposed in registers (or packed); in a batch
+    # the same rows go through full micro-panels or a last, partial one of fewer rows (rows placed
+    # at the end of batches of 48, 44, 41 and 38): the same sums in the same order everywhere.
     M, K, N = rows
     g = torch.Generator().manual_seed(M * K + N)
     x = torch.randn(M, K, generator=g, dtype=dtype)
     w, b = torch.randn(N, K, generator=g, dtype=dtype), torch.randn(N, generator=g, dtype=dtype)
-    batch = torch.cat([x, torch.randn(48 - M, K, generator=g, dtype=dtype)])
-    for bias in (b, None):
-        for op in (fused_linreg.functional.linear, fused_linreg.functional.linear_relu):
-            assert torch.equal(op(x, w, bias), op(batch, w, bias)[:M])
+    for total in (48, 44, 41, 38):
+        batch = torch.cat([torch.randn(total - M, K, generator=g, dtype=dtype), x])
+        for bias in (b, None):
+            for op in (fused_linreg.functional.linear, fused_linreg.functional.linear_relu):
+                assert torch.equal(op(x, w, bias), op(batch, w, bias)[-M:]), (total, bias is None, op)
     ref = torch.nn.functional.linear(x.double(), w.double(), b.double())
     torch.testing.assert_close(fused_linreg.functional.linear(x, w, b).double(), ref,
                                rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=1e-3)
