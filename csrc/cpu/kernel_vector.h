@@ -94,33 +94,34 @@ struct FusedMultiplyAdd {
 
 #if defined(FUSED_LINREG_ISA_AVX512)
 // 16 x 16 floats: in-lane unpacks, then 128-bit block shuffles; cheaper than the generic stages'
-// two-source permutes on every step.
+// two-source permutes on every step. The zero-masking forms with every lane kept compile to the
+// plain instructions; the plain intrinsics' undefined pass-through makes GCC 12 warn once per use.
 inline void transpose_16x16(__m512* r) {
   __m512 t[16];
   for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    t[i] = _mm512_maskz_unpacklo_ps(0xffff, r[i], r[i + 1]);
+    t[i + 1] = _mm512_maskz_unpackhi_ps(0xffff, r[i], r[i + 1]);
   }
   // t[4q + 0/1] = unpacklo/hi of rows 4q, 4q+1; t[4q + 2/3] of rows 4q+2, 4q+3.
   for (int q = 0; q < 16; q += 4)
     for (int h = 0; h < 2; ++h) {
       const __m512d lo = _mm512_castps_pd(t[q + h]), hi = _mm512_castps_pd(t[q + 2 + h]);
-      r[q + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, hi));
-      r[q + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, hi));
+      r[q + 2 * h] = _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(0xff, lo, hi));
+      r[q + 2 * h + 1] = _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(0xff, lo, hi));
     }
   // r[4q + c] (c < 4): in each 128-bit block b, rows 4q .. 4q+3 of column 4b + c.
   for (int c = 0; c < 4; ++c) {
     // Blocks 0 and 2 (0x88), or 1 and 3 (0xdd), of rows 0-3 then of rows 4-7 (8-11, 12-15).
-    t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
-    t[4 + c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
-    t[8 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
-    t[12 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+    t[c] = _mm512_maskz_shuffle_f32x4(0xffff, r[c], r[4 + c], 0x88);
+    t[4 + c] = _mm512_maskz_shuffle_f32x4(0xffff, r[c], r[4 + c], 0xdd);
+    t[8 + c] = _mm512_maskz_shuffle_f32x4(0xffff, r[8 + c], r[12 + c], 0x88);
+    t[12 + c] = _mm512_maskz_shuffle_f32x4(0xffff, r[8 + c], r[12 + c], 0xdd);
   }
   for (int c = 0; c < 4; ++c) {  // columns c, 8 + c, 4 + c, 12 + c
-    r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);
-    r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd);
-    r[4 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0x88);
-    r[12 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xdd);
+    r[c] = _mm512_maskz_shuffle_f32x4(0xffff, t[c], t[8 + c], 0x88);
+    r[8 + c] = _mm512_maskz_shuffle_f32x4(0xffff, t[c], t[8 + c], 0xdd);
+    r[4 + c] = _mm512_maskz_shuffle_f32x4(0xffff, t[4 + c], t[12 + c], 0x88);
+    r[12 + c] = _mm512_maskz_shuffle_f32x4(0xffff, t[4 + c], t[12 + c], 0xdd);
   }
 }
 #endif
