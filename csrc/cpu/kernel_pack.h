@@ -155,12 +155,13 @@ void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t mb, int64_t k0, int64_t kb
 }
 
 // Packs rows i0 .. i0+mb of a K-contiguous A, steps k0 .. k0+kb, with the mask prologue, as rows:
-// dst[i * kb + k], zero rows up to a whole micro-panel. The microkernel reads them as it reads an
-// operand in place (lda = kb); unlike MR-lane panels this needs no transpose, only a (masked) copy.
+// dst[i * kb + k], zero rows up to a multiple of pad_rows (the rows the microkernel will read: a
+// whole micro-panel, or a short output's few). The microkernel reads them as it reads an operand in
+// place (lda = kb); unlike MR-lane panels this needs no transpose, only a (masked) copy.
 // row_sums[i] (when set) += sum over this K block.
 template <typename T>
 void pack_a_rows(const GemmArgs<T>& g, int64_t i0, int64_t mb, int64_t k0, int64_t kb,
-                 acc_t<T>* dst, acc_t<T>* row_sums) {
+                 acc_t<T>* dst, acc_t<T>* row_sums, int64_t pad_rows = Tile<acc_t<T>>::MR) {
   using A = acc_t<T>;
   using Ops = VecOps<A>;
   using V = typename Ops::V;
@@ -183,14 +184,16 @@ void pack_a_rows(const GemmArgs<T>& g, int64_t i0, int64_t mb, int64_t k0, int64
       row_sums[i] += total;
     }
   }
-  std::memset(dst + mb * kb, 0, (round_up(mb, Tile<A>::MR) - mb) * kb * sizeof(A));
+  std::memset(dst + mb * kb, 0, (round_up(mb, pad_rows) - mb) * kb * sizeof(A));
 }
 
 // Packs all of A' (rows 0 .. M) K block by K block, block k0 at dst + k0 * block_stride (0: each
 // block over the last), with the row sums over all of K when wanted. K-contiguous rows are copied
-// as rows, [i * kb + k] (no transpose); otherwise MR-lane panels, [k * MR + i]. Returns whether
-// as rows.
-template <typename T> bool pack_a_blocks(const GemmArgs<T>& g, acc_t<T>* dst, int64_t block_stride) {
+// as rows, [i * kb + k] (no transpose; zero rows up to a multiple of pad_rows); otherwise MR-lane
+// panels, [k * MR + i]. Returns whether as rows.
+template <typename T>
+bool pack_a_blocks(const GemmArgs<T>& g, acc_t<T>* dst, int64_t block_stride,
+                   int64_t pad_rows = Tile<acc_t<T>>::MR) {
   constexpr int64_t KC = Tile<acc_t<T>>::KC;
   const bool as_rows = g.a_cs == 1;
   if (g.a_row_sums)
@@ -198,7 +201,7 @@ template <typename T> bool pack_a_blocks(const GemmArgs<T>& g, acc_t<T>* dst, in
   for (int64_t k0 = 0; k0 < g.K; k0 += KC) {
     const int64_t kb = min64(KC, g.K - k0);
     if (as_rows)
-      pack_a_rows(g, 0, g.M, k0, kb, dst + k0 * block_stride, g.a_row_sums);
+      pack_a_rows(g, 0, g.M, k0, kb, dst + k0 * block_stride, g.a_row_sums, pad_rows);
     else
       pack_a<Tile<acc_t<T>>::MR>(g, 0, g.M, k0, kb, dst + k0 * block_stride, g.a_row_sums);
   }

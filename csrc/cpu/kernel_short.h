@@ -142,7 +142,7 @@ template <typename T> bool gemm_short(const GemmArgs<T>& g) {
   if (rows == 0 || g.K > kShortMaxK) return false;
   // The row sums of the whole of A' come out of packing it, K block by K block as in the tiled path.
   A* packed_a = thread_buffer<A, kPackedASlot>(max64(g.K, 1) * MR);
-  const bool a_rows = pack_a_blocks(g, packed_a, MR);
+  const bool a_rows = pack_a_blocks(g, packed_a, MR, rows);  // the microkernels read `rows` rows
   if (rows == 1)
     gemm_short_rows<T, 1>(g, packed_a, a_rows);
   else if (rows == 2)
