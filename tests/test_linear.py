@@ -90,6 +90,22 @@ def test_inference_forward_matches_pytorch(shape, dtype, device):
 
 
 @pytest.mark.parametrize("op", OPS_UNDER_TEST)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("width", [64, 96, 50])
+def test_output_larger_than_the_cache(width, dtype, op, device):
+    # Outputs of 16 MiB and more with rows on cache lines (widths 64, 96) are written with
+    # streaming stores, the others (50: rows that straddle lines) as usual: exact data, exact results.
+    M, N, K = (16 << 20) // (width * 4) + 1, width, 24
+    g = make_generator(width)
+    x = exact_randn(M, K, dtype=dtype, generator=g, device=device)
+    w = exact_randn(N, K, dtype=dtype, generator=g, device=device)
+    b = exact_randn(N, dtype=dtype, generator=g, device=device)
+    go = exact_randn(M, N, dtype=dtype, generator=g, device=device)
+    fused, ref = run_both(op, x, w, b, go)
+    check_exact(fused, ref, dtype, f"{op} {M}x{K}x{N} {dtype}", (x, w, b, go))
+
+
+@pytest.mark.parametrize("op", OPS_UNDER_TEST)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(7, 33, 257), (13, 33, 4099), (5, 1000, 4099), (300, 70, 90)],
                          ids=shape_id)

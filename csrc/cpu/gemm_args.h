@@ -59,6 +59,8 @@ template <typename T> struct GemmArgs {
   const T* bias = nullptr;
   bool relu = false;
   BitMask c_mask;
+  // Set by the GEMM driver alone: whole micro-tiles of c are written with streaming stores.
+  bool stream_c = false;
   // When sgd.param is set, the epilogue updates the parameter instead of writing c.
   SgdEpilogue<T> sgd;
 };

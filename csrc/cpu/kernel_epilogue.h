@@ -107,7 +107,10 @@ inline void finish_tile(const GemmArgs<A>& g, const typename Vec<A>::type (*acc)
         r = r < A(0) ? V{} : r;
         bits |= uint64_t(gradient_lanes<A>(r)) << (v * W);
       }
-      store_vector(out + i * g.ldc + v * W, r);
+      if (g.stream_c)
+        stream_vector(out + i * g.ldc + v * W, r);
+      else
+        store_vector(out + i * g.ldc + v * W, r);
     }
     if (mask) store_mask_bits(g, bits, m0 + i, n0);
   }

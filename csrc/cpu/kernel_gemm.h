@@ -154,6 +154,7 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
       k0 += kb;
     } while (k0 < kend);
   }
+  if (g.stream_c) _mm_sfence();  // the streamed tiles, visible to the thread that reads them
 }
 
 // Sums the split-K partials in slice order (deterministic) and applies the epilogue.
@@ -224,6 +225,9 @@ template <typename T> void gemm_direct(const GemmArgs<T>& g) {
   }
 }
 
+// Half the last-level cache of the CPUs we measure on (32 MiB L3).
+constexpr double kStreamOutputMinBytes = 16.0 * 1024 * 1024;
+
 template <typename T> void gemm(const GemmArgs<T>& g) {
   using A = acc_t<T>;
   using TileA = Tile<A>;
@@ -249,8 +253,16 @@ template <typename T> void gemm(const GemmArgs<T>& g) {
   }
   if (gemm_short(g) || gemm_narrow_rows(g)) return;
 
+  // Outputs this large are not read back from cache: their whole micro-tiles bypass it, so that
+  // each line is written without being read in first (twice the memory traffic of the output
+  // otherwise). Only where every row starts on a cache line, so that streamed tiles fill whole
+  // lines.
+  GemmArgs<T> tiled = g;
+  tiled.stream_c = std::is_same_v<T, A> && g.sgd.param == nullptr && g.c != nullptr &&
+                   double(g.M) * double(g.ldc) * sizeof(T) >= kStreamOutputMinBytes &&
+                   reinterpret_cast<uintptr_t>(g.c) % 64 == 0 && (g.ldc * int64_t(sizeof(T))) % 64 == 0;
   GemmPlan<T> p;
-  p.g = &g;
+  p.g = &tiled;
   const int threads = num_threads();
   const double flops = 2.0 * double(g.M) * double(g.N) * double(g.K);
   const bool threaded = threads > 1 && flops >= kThreadedMinFlops;

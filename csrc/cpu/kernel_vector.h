@@ -41,6 +41,22 @@ template <typename A> inline typename Vec<A>::type load_vector(const A* p) {
 template <typename A> inline void store_vector(A* p, typename Vec<A>::type v) {
   *reinterpret_cast<typename Vec<A>::unaligned*>(p) = v;
 }
+// A store that bypasses the caches (p aligned to the vector): for outputs too large to stay
+// cached until they are read, it spares reading each line in before it is overwritten. Ordered
+// by _mm_sfence() before other threads may read the data.
+template <typename A> inline void stream_vector(A* p, typename Vec<A>::type v) {
+  static_assert(sizeof(A) == 4 || sizeof(A) == 8);
+#if defined(FUSED_LINREG_ISA_AVX512)
+  if constexpr (sizeof(A) == 4) _mm512_stream_ps(reinterpret_cast<float*>(p), __m512(v));
+  else _mm512_stream_pd(reinterpret_cast<double*>(p), __m512d(v));
+#elif defined(FUSED_LINREG_ISA_AVX2)
+  if constexpr (sizeof(A) == 4) _mm256_stream_ps(reinterpret_cast<float*>(p), __m256(v));
+  else _mm256_stream_pd(reinterpret_cast<double*>(p), __m256d(v));
+#else
+  if constexpr (sizeof(A) == 4) _mm_stream_ps(reinterpret_cast<float*>(p), __m128(v));
+  else _mm_stream_pd(reinterpret_cast<double*>(p), __m128d(v));
+#endif
+}
 
 // Bit l of the result is set where the ReLU passes the gradient: !(v[l] <= 0), i.e. positive or
 // NaN outputs, as torch's threshold_backward(grad, output, 0) decides.
