@@ -76,8 +76,7 @@ template <typename T> void compute_task(void* ctx, int64_t begin, int64_t end) {
   for (int64_t t = begin; t < end; ++t) {
     const int64_t s = t / (p.m_blocks * p.chunks);
     const int64_t ib = (t / p.chunks) % p.m_blocks, cb = t % p.chunks;
-    const int64_t i0 = p.row_block_begin(ib), mb = p.row_block_begin(ib + 1) - i0;
-    if (mb <= 0) continue;
+    const int64_t i0 = p.row_block_begin(ib), mb = p.row_block_begin(ib + 1) - i0;  // mb >= 1
     const int64_t jp0 = cb * p.chunk_panels, jp1 = min64(jp0 + p.chunk_panels, p.npanels);
     if (jp0 >= jp1) continue;
     const int64_t mb_pad = round_up(mb, MR);
