@@ -83,8 +83,13 @@ for f in "${FILES[@]}"; do
     > "$WORK/$(basename "$f" .py).log" 2>&1
   rc=$?
   # 5: nothing collected (a file of slow tests only)
+  log="$WORK/$(basename "$f" .py).log"
   if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then failed+=("$f (exit $rc)"); status=FAIL; else status=ok; fi
-  echo "   $status $f ($(( $(date +%s) - t0 ))s): $(tail -1 "$WORK/$(basename "$f" .py).log")"
+  echo "   $status $f ($(( $(date +%s) - t0 ))s): $(tail -1 "$log")"
+  # The log stays on the machine that ran it (a CI machine, maybe): show what failed and why.
+  if [ $status = FAIL ]; then
+    grep -E "^(E |FAILED|ERROR)" "$log" | tail -40 | sed 's/^/      /'
+  fi
 done
 
 # A report is an error (ASan's "ERROR:", UBSan's "runtime error:"); the log files also receive
