@@ -43,6 +43,8 @@ at::Tensor as_rows(const at::Tensor& input);
 at::Tensor with_size_one_strides_normalized(const at::Tensor& t);
 // Shape of the output rows: input.shape[:-1] + [last].
 std::vector<int64_t> rows_shape(const at::Tensor& input, int64_t last);
+// The tensor's data as the kernels' storage type T.
+template <typename T> T* data_as(const at::Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); }
 // Bytes per row of a ReLU bitmask over `n` outputs (padded to 32-bit words).
 inline int64_t relu_mask_row_bytes(int64_t n) { return (n + 31) / 32 * 4; }
 
@@ -70,20 +72,13 @@ using LinearBackwardSgdOp = void(const at::Tensor& grad_output, const at::Tensor
                                  double momentum, double dampening, double weight_decay,
                                  bool nesterov, bool maximize);
 
-// The operators on CPU tensors (csrc/cpu/) and on CUDA tensors (csrc/cuda/; CUDA builds only).
+// The multi-tensor SGD step on CPU tensors (cpu/sgd.cpp) and on CUDA tensors (cuda/sgd.cpp; CUDA
+// builds only). The linear operators are written once, over either device: linear_ops.h.
 namespace cpu {
-LinearForwardOp linear_forward;
-LinearReluForwardOp linear_relu_forward;
-LinearBackwardOp linear_backward;
 SgdStepOp sgd_step_;
-LinearBackwardSgdOp linear_backward_sgd_;
 }  // namespace cpu
 namespace cuda {
-LinearForwardOp linear_forward;
-LinearReluForwardOp linear_relu_forward;
-LinearBackwardOp linear_backward;
 SgdStepOp sgd_step_;
-LinearBackwardSgdOp linear_backward_sgd_;
 }  // namespace cuda
 
 }  // namespace fused_linreg

@@ -2,8 +2,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
-#include "cpu/gemm_args.h"
-#include "errors.h"
+#include "cpu/storage.h"
 
 namespace fused_linreg::cpu {
 
@@ -14,17 +13,5 @@ template <> constexpr at::ScalarType scalar_type_of<BFloat16>() { return at::kBF
 
 // The dtype the kernels compute a tensor of dtype `t` in: float16 runs through float32.
 inline at::ScalarType kernel_dtype(at::ScalarType t) { return t == at::kHalf ? at::kFloat : t; }
-
-// Calls f(T{}) with the kernel storage type for `dtype` (after kernel_dtype).
-template <typename F> void dispatch_dtype(at::ScalarType dtype, const char* op, F&& f) {
-  switch (dtype) {
-    case at::kFloat: return f(float{});
-    case at::kDouble: return f(double{});
-    case at::kBFloat16: return f(BFloat16{});
-    default: FUSED_LINREG_CHECK_DTYPE_SUPPORTED(false, op, ": unsupported dtype ", dtype, " on CPU");
-  }
-}
-
-template <typename T> T* data_as(const at::Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); }
 
 }  // namespace fused_linreg::cpu

@@ -2,8 +2,8 @@
 #pragma once
 #include <cstdint>
 
-#include "cpu/gemm_args.h"
-#include "cpu/sgd_options.h"
+#include "cpu/storage.h"
+#include "gemm_args.h"
 
 namespace fused_linreg::cpu {
 
@@ -52,5 +52,10 @@ bool isa_supported(const char* name);
 const char* const* supported_isas(int* count);
 
 int num_threads();
+
+// Runs fn(ctx, begin, end) over [0, n) on the ATen thread pool. The per-ISA code threads through
+// this plain function pointer so that it never instantiates ATen templates under its ISA flags.
+using ParallelBody = void (*)(void* ctx, int64_t begin, int64_t end);
+void parallel_for(int64_t n, ParallelBody fn, void* ctx);
 
 }  // namespace fused_linreg::cpu

@@ -12,6 +12,5 @@
 #include <sys/mman.h>
 #include <type_traits>
 
-#include "cpu/gemm_args.h"
 #include "cpu/isa.h"
-#include "cpu/sgd_options.h"
+#include "gemm_args.h"

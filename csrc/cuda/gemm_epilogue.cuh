@@ -14,8 +14,9 @@ namespace fused_linreg::cuda {
 template <typename T>
 __device__ __forceinline__ void sgd_epilogue(const SgdEpilogue<T>& s, int64_t i, acc_t<T> v) {
   using Acc = acc_t<T>;
-  const SgdCoefficients<Acc> coefficients(s.lr, s.momentum, s.dampening, s.weight_decay,
-                                          s.nesterov, s.maximize);
+  const SgdOptions& o = s.options;
+  const SgdCoefficients<Acc> coefficients(o.lr, o.momentum, o.dampening, o.weight_decay,
+                                          o.nesterov, o.maximize);
   const bool has_buf = s.momentum_buffer != nullptr;
   Acc buf = has_buf ? to_acc(s.momentum_buffer[i]) : Acc(0);
   // The gradient is rounded to the parameter's dtype first, as autograd would store it.
@@ -44,9 +45,10 @@ __device__ __forceinline__ void store_output_segment(const GemmArgs<T>& g, int64
   if (g.relu) v = v < Acc(0) ? Acc(0) : v;
   const T out = from_acc<T>(v);
   if (inside) g.c[m * g.ldc + n] = out;
-  if (g.c_mask != nullptr) {
+  if (g.c_mask.bits != nullptr) {
     const uint32_t word = __ballot_sync(0xffffffffu, inside && !(to_acc(out) <= Acc(0)));
-    if (lane == 0) g.c_mask[m * g.c_mask_row_words + n0 / 32] = word;
+    uint32_t* const words = reinterpret_cast<uint32_t*>(g.c_mask.bits);  // 4-byte aligned rows
+    if (lane == 0) words[m * (g.c_mask.row_bytes / 4) + n0 / 32] = word;
   }
 }
 

@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocksPerSM)
     cp_async_commit();
 
     T* a_tile = stages + (i % kStages) * Smem::kStageElements;
-    if (g.a_mask != nullptr) {
+    if (g.a_mask.bits != nullptr) {
       apply_relu_mask<TileA, Cfg::kBlockM, kBlockK, Cfg::kThreads>(a_tile, g, m0, kt * kBlockK);
       __syncthreads();
     }
@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocksPerSM)
       if (plan.splits > 1)
         plan.row_sum_partials[blockIdx.y * g.M + m] = sum;
       else
-        g.a_row_sums[m] = from_acc<T>(sum);
+        g.a_row_sums[m] = sum;
     }
   }
   if (!has_output) return;
@@ -112,7 +112,7 @@ __global__ void sum_split_partials_kernel(const GemmArgs<T> g, const GemmPlan<Ac
   for (int64_t m = thread; m < g.M; m += threads) {
     Acc sum = 0;
     for (int split = 0; split < plan.splits; ++split) sum += plan.row_sum_partials[split * g.M + m];
-    g.a_row_sums[m] = from_acc<T>(sum);
+    g.a_row_sums[m] = sum;
   }
 }
 

@@ -42,7 +42,8 @@ __device__ __forceinline__ void apply_relu_mask(T* tile, const GemmArgs<T>& g, i
     m += bit0;
   }
   if (m0 + m >= g.M || k0 + k >= g.K) return;
-  const uint32_t bits = g.a_mask[mask_row * g.a_mask_row_words + mask_word] >> bit0;
+  const uint32_t* const words = reinterpret_cast<const uint32_t*>(g.a_mask.bits);
+  const uint32_t bits = words[mask_row * (g.a_mask.row_bytes / 4) + mask_word] >> bit0;
   T* const run = tile + Tile::offset(m, k);
   if (along_k == (Tile::kLayout == Layout::kKMajor)) {
 #pragma unroll

@@ -4,12 +4,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-namespace fused_linreg::cuda {
+#include "cuda/storage.h"
 
-template <typename T> struct AccumulatorType { using type = T; };
-template <> struct AccumulatorType<__nv_bfloat16> { using type = float; };
-template <> struct AccumulatorType<__half> { using type = float; };
-template <typename T> using acc_t = typename AccumulatorType<T>::type;
+namespace fused_linreg::cuda {
 
 __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }

@@ -71,15 +71,10 @@ void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momen
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   const at::Tensor scale = as_float_scalar(grad_scale), inf = as_float_scalar(found_inf);
-  SgdOptions options;
-  options.lr = lr;
-  options.momentum = momentum;
-  options.dampening = dampening;
-  options.weight_decay = weight_decay;
-  options.nesterov = nesterov;
-  options.maximize = maximize;
-  options.grad_scale = scale.defined() ? scale.data_ptr<float>() : nullptr;
-  options.found_inf = inf.defined() ? inf.data_ptr<float>() : nullptr;
+  const SgdOptions options{lr, momentum, dampening, weight_decay, nesterov, maximize};
+  GradScaling scaling;
+  scaling.grad_scale = scale.defined() ? scale.data_ptr<float>() : nullptr;
+  scaling.found_inf = inf.defined() ? inf.data_ptr<float>() : nullptr;
 
   const bool has_momentum = momentum != 0;
   std::vector<WorkingTensors> working;
@@ -88,7 +83,7 @@ void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momen
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
     if (batch->count == kSgdMaxTensors) {  // more tensors than one launch's parameters hold
-      launch_sgd(*batch, options, stream);
+      launch_sgd(*batch, options, scaling, stream);
       *batch = SgdBatch();
     }
     const WorkingTensors& w = working.emplace_back(
@@ -103,7 +98,7 @@ void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momen
     t.init_momentum_buffer = has_momentum && init_momentum_buffers.get(i);
     batch->chunks += (t.numel + kSgdChunk - 1) / kSgdChunk;
   }
-  launch_sgd(*batch, options, stream);
+  launch_sgd(*batch, options, scaling, stream);
   for (const WorkingTensors& w : working)
     for (const auto& [original, copy] : w.write_back) original.copy_(copy);
 }

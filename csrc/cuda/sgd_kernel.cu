@@ -14,7 +14,7 @@ namespace {
 
 constexpr int kThreads = 512;
 
-static_assert(sizeof(SgdBatch) + sizeof(SgdOptions) <= 32764,
+static_assert(sizeof(SgdBatch) + sizeof(SgdOptions) + sizeof(GradScaling) <= 32764,
               "kernel parameters are limited to 32764 bytes");
 
 // 16 bytes of one tensor, for vectorized loads and stores.
@@ -24,7 +24,8 @@ template <typename T> struct alignas(16) Pack {
 };
 
 template <typename T>
-__device__ void step_chunk(const SgdTensor& t, int64_t begin, int64_t end, const SgdOptions& o) {
+__device__ void step_chunk(const SgdTensor& t, int64_t begin, int64_t end, const SgdOptions& o,
+                           const float* grad_scale) {
   using A = acc_t<T>;
   using P = Pack<T>;
   T* const param = static_cast<T*>(t.param);
@@ -33,8 +34,8 @@ __device__ void step_chunk(const SgdTensor& t, int64_t begin, int64_t end, const
   const bool has_buf = buf != nullptr;
   const SgdCoefficients<A> coefficients(o.lr, o.momentum, o.dampening, o.weight_decay,
                                         o.nesterov, o.maximize);
-  const bool scaled = o.grad_scale != nullptr;
-  const A scale = scaled ? A(*o.grad_scale) : A(1);
+  const bool scaled = grad_scale != nullptr;
+  const A scale = scaled ? A(*grad_scale) : A(1);
 
   auto update = [&](T& p, T g, T& b) {
     A gv = to_acc(g);
@@ -72,8 +73,9 @@ __device__ void step_chunk(const SgdTensor& t, int64_t begin, int64_t end, const
 }
 
 __global__ void __launch_bounds__(kThreads)
-    sgd_kernel(const __grid_constant__ SgdBatch batch, const SgdOptions options) {
-  if (options.found_inf != nullptr && *options.found_inf != 0.0f) return;
+    sgd_kernel(const __grid_constant__ SgdBatch batch, const SgdOptions options,
+               const GradScaling scaling) {
+  if (scaling.found_inf != nullptr && *scaling.found_inf != 0.0f) return;
   // The tensor owning this block's chunk: the last one whose first chunk is not after it.
   const int64_t chunk = blockIdx.x;
   int lo = 0, hi = batch.count - 1;
@@ -87,21 +89,23 @@ __global__ void __launch_bounds__(kThreads)
   const SgdTensor& t = batch.tensors[lo];
   const int64_t begin = (chunk - t.first_chunk) * kSgdChunk;
   const int64_t end = std::min(begin + kSgdChunk, t.numel);
+  const float* const grad_scale = scaling.grad_scale;
   switch (t.dtype) {  // uniform across the block
-    case SgdDtype::kFloat: return step_chunk<float>(t, begin, end, options);
-    case SgdDtype::kDouble: return step_chunk<double>(t, begin, end, options);
-    case SgdDtype::kBFloat16: return step_chunk<__nv_bfloat16>(t, begin, end, options);
-    case SgdDtype::kHalf: return step_chunk<__half>(t, begin, end, options);
+    case SgdDtype::kFloat: return step_chunk<float>(t, begin, end, options, grad_scale);
+    case SgdDtype::kDouble: return step_chunk<double>(t, begin, end, options, grad_scale);
+    case SgdDtype::kBFloat16: return step_chunk<__nv_bfloat16>(t, begin, end, options, grad_scale);
+    case SgdDtype::kHalf: return step_chunk<__half>(t, begin, end, options, grad_scale);
   }
 }
 
 }  // namespace
 
-void launch_sgd(const SgdBatch& batch, const SgdOptions& options, cudaStream_t stream) {
+void launch_sgd(const SgdBatch& batch, const SgdOptions& options, const GradScaling& scaling,
+                cudaStream_t stream) {
   if (batch.count == 0) return;
   TORCH_CHECK(batch.chunks <= INT_MAX, "fused_linreg.sgd_step_: ", batch.chunks,
               " chunks of ", kSgdChunk, " elements do not fit in one CUDA grid");
-  sgd_kernel<<<unsigned(batch.chunks), kThreads, 0, stream>>>(batch, options);
+  sgd_kernel<<<unsigned(batch.chunks), kThreads, 0, stream>>>(batch, options, scaling);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

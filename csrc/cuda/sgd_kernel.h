@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "gemm_args.h"
+
 namespace fused_linreg::cuda {
 
 constexpr int kSgdMaxTensors = 512;
@@ -36,15 +38,14 @@ struct SgdBatch {
   int64_t chunks = 0;  // total over the tensors
 };
 
-// torch.optim.SGD's hyperparameters, and GradScaler's tensors, read on the device.
-struct SgdOptions {
-  double lr = 0, momentum = 0, dampening = 0, weight_decay = 0;
-  bool nesterov = false, maximize = false;
+// GradScaler's tensors, read on the device.
+struct GradScaling {
   const float* grad_scale = nullptr;  // null: gradients are not scaled
   const float* found_inf = nullptr;   // null, or non-zero: the step changes nothing
 };
 
 // Enqueues one step over the batch's tensors on `stream` (nothing when the batch is empty).
-void launch_sgd(const SgdBatch& batch, const SgdOptions& options, cudaStream_t stream);
+void launch_sgd(const SgdBatch& batch, const SgdOptions& options, const GradScaling& scaling,
+                cudaStream_t stream);
 
 }  // namespace fused_linreg::cuda
