@@ -1,7 +1,8 @@
 // The four linear operators (schemas in fused_linreg.cpp), written once over a device backend:
 // argument checks, operand preparation, the GEMM arguments of the forward, grad_input,
 // grad_weight / grad_bias and the in-backward SGD update, and the bias step. cpu/linear.cpp and
-// cuda/linear.cpp define a Backend and register LinearOps<Backend>'s functions for their device:
+// cuda/linear.cpp define a Backend and register LinearOps<Backend> for their device
+// (register_linear_ops):
 //
 //   struct Backend {
 //     static constexpr const char* kDevice;   // for messages
@@ -15,6 +16,7 @@
 //   };
 #pragma once
 #include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <type_traits>
 #include <vector>
@@ -253,5 +255,14 @@ template <class Backend> struct LinearOps {
     return out.view(rows_shape(input, N));
   }
 };
+
+// The device's kernels of the four linear operators, from TORCH_LIBRARY_IMPL(fused_linreg, DEVICE, m).
+template <class Backend> void register_linear_ops(torch::Library& m) {
+  using Ops = LinearOps<Backend>;
+  m.impl("linear_backward_sgd_", &Ops::linear_backward_sgd_);
+  m.impl("linear_forward", &Ops::linear_forward);
+  m.impl("linear_relu_forward", &Ops::linear_relu_forward);
+  m.impl("linear_backward", &Ops::linear_backward);
+}
 
 }  // namespace fused_linreg

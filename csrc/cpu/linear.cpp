@@ -37,15 +37,9 @@ struct CpuBackend {
   static constexpr auto sgd_step_ = &cpu::sgd_step_;
 };
 
-using Ops = LinearOps<CpuBackend>;
-
 }  // namespace
 }  // namespace fused_linreg::cpu
 
 TORCH_LIBRARY_IMPL(fused_linreg, CPU, m) {
-  using fused_linreg::cpu::Ops;
-  m.impl("linear_backward_sgd_", &Ops::linear_backward_sgd_);
-  m.impl("linear_forward", &Ops::linear_forward);
-  m.impl("linear_relu_forward", &Ops::linear_relu_forward);
-  m.impl("linear_backward", &Ops::linear_backward);
+  fused_linreg::register_linear_ops<fused_linreg::cpu::CpuBackend>(m);
 }

@@ -78,15 +78,9 @@ struct CudaBackend {
   static constexpr auto sgd_step_ = &cuda::sgd_step_;
 };
 
-using Ops = LinearOps<CudaBackend>;
-
 }  // namespace
 }  // namespace fused_linreg::cuda
 
 TORCH_LIBRARY_IMPL(fused_linreg, CUDA, m) {
-  using fused_linreg::cuda::Ops;
-  m.impl("linear_backward_sgd_", &Ops::linear_backward_sgd_);
-  m.impl("linear_forward", &Ops::linear_forward);
-  m.impl("linear_relu_forward", &Ops::linear_relu_forward);
-  m.impl("linear_backward", &Ops::linear_backward);
+  fused_linreg::register_linear_ops<fused_linreg::cuda::CudaBackend>(m);
 }
