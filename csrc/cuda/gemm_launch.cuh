@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/gemm.h"
 #include "cuda/gemm_config.cuh"
@@ -50,6 +51,9 @@ void launch_gemm_kernel(const GemmArgs<typename Cfg::Element>& g, GemmPlan<typen
 template <typename T, MathMode kMode> void gemm(const GemmArgs<T>& g, const GemmContext& context) {
   using Cfg = GemmConfig<T, kMode>;
   using Acc = typename Cfg::Acc;
+  // The row sums are stored as Acc into acc_t<T>*: a translation unit that missed
+  // cuda/storage.h's specializations would disagree with the op layer about their type.
+  static_assert(std::is_same_v<Acc, acc_t<T>>, "a_row_sums must have the accumulator type");
   if (g.M == 0 || (g.N == 0 && g.a_row_sums == nullptr)) return;
   TORCH_INTERNAL_ASSERT(g.a_cs == 1 || g.a_rs == 1, "A needs a unit stride");
   TORCH_INTERNAL_ASSERT(g.N == 0 || g.b_rs == 1 || g.b_cs == 1, "B needs a unit stride");
