@@ -17,6 +17,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
@@ -43,6 +44,15 @@ const c10::TypedOperatorHandle<LinearReluForwardOp>& relu_forward_op() {
 }
 const c10::TypedOperatorHandle<LinearBackwardOp>& backward_op() {
   static const auto op = find_op<LinearBackwardOp>("fused_linreg::linear_backward");
+  return op;
+}
+
+const c10::TypedOperatorHandle<MlpForwardOp>& mlp_forward_op() {
+  static const auto op = find_op<MlpForwardOp>("fused_linreg::mlp_forward");
+  return op;
+}
+const c10::TypedOperatorHandle<MlpBackwardOp>& mlp_backward_op() {
+  static const auto op = find_op<MlpBackwardOp>("fused_linreg::mlp_backward");
   return op;
 }
 
@@ -287,6 +297,124 @@ LinearGrads linear_backward_autograd(const at::Tensor& grad_output, const at::Te
   return grads;
 }
 
+// ---- the whole MLP ----------------------------------------------------------------------------
+//
+// mlp_forward is differentiable once, in reverse mode: its backward is one mlp_backward call over
+// the activations and masks it saved. Differentiating that again, and forward mode, are refused
+// with an error naming the per-layer modules, which support both.
+
+// input, then the weights, then one entry per layer's bias (undefined where it has none): the
+// order of FusedMLPBackward's outputs.
+std::vector<at::Tensor> mlp_differentiable(const at::Tensor& input, at::TensorList weights,
+                                           const OptionalTensorList& biases) {
+  std::vector<at::Tensor> all{input};
+  all.insert(all.end(), weights.begin(), weights.end());
+  for (size_t l = 0; l < biases.size(); ++l) all.push_back(value(biases.get(l)));
+  return all;
+}
+
+struct FusedMLPBackward : torch::autograd::Node {
+  using Node::Node;
+  SavedVariable input_;
+  std::vector<SavedVariable> weights_, activations_, masks_;
+  c10::List<bool> has_bias_;
+
+  std::string name() const override { return "FusedMLPBackward0"; }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input_.reset_data();
+    for (auto* saved : {&weights_, &activations_, &masks_})
+      for (SavedVariable& v : *saved) v.reset_data();
+  }
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const size_t L = weights_.size();
+    variable_list out(1 + 2 * L);
+    bool want_w = false, want_b = false;
+    for (size_t l = 0; l < L; ++l) {
+      want_w = want_w || task_should_compute_output(1 + l);
+      want_b = want_b || (has_bias_[l] && task_should_compute_output(1 + L + l));
+    }
+    const std::array<bool, 3> needed{task_should_compute_output(0), want_w, want_b};
+    if (!grads[0].defined() || !(needed[0] || needed[1] || needed[2])) return out;
+    auto unpack = [](std::vector<SavedVariable>& saved) {
+      std::vector<at::Tensor> v;
+      for (SavedVariable& s : saved) v.push_back(s.unpack());
+      return v;
+    };
+    auto [gx, gw, gb] = mlp_backward_op().call(grads[0], input_.unpack(), unpack(weights_),
+                                               unpack(activations_), unpack(masks_), has_bias_,
+                                               needed);
+    out[0] = value(gx);
+    for (size_t l = 0, i = 0; l < L; ++l) {
+      if (want_w) out[1 + l] = gw[l];
+      if (want_b && has_bias_[l]) out[1 + L + l] = gb[i++];
+    }
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_forward_autograd(
+    const at::Tensor& input, at::TensorList weights, const OptionalTensorList& biases,
+    bool save_for_backward) {
+  const std::vector<at::Tensor> all = mlp_differentiable(input, weights, biases);
+  for (const at::Tensor& t : all)
+    TORCH_CHECK(!has_tangent(t), "fused_linreg.mlp_forward: forward-mode AD (jvp, jacfwd, "
+                "dual tensors) is not supported through the fused MLP; use the per-layer "
+                "FusedLinearReLU / FusedLinear modules, which support it");
+  const bool grad = torch::autograd::compute_requires_grad(at::ArrayRef<at::Tensor>(all));
+  auto [output, acts, masks] = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return mlp_forward_op().call(input, weights, biases, save_for_backward || grad);
+  }();
+  if (grad) {
+    auto node = c10::make_intrusive<FusedMLPBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(at::ArrayRef<at::Tensor>(all)));
+    node->input_ = SavedVariable(input, /*is_output=*/false);
+    for (const at::Tensor& w : weights) node->weights_.emplace_back(w, /*is_output=*/false);
+    for (const at::Tensor& a : acts) node->activations_.emplace_back(a, /*is_output=*/false);
+    for (const at::Tensor& m : masks) node->masks_.emplace_back(m, /*is_output=*/false);
+    for (size_t l = 0; l < biases.size(); ++l) node->has_bias_.push_back(biases.get(l).has_value());
+    torch::autograd::set_history(output, node);
+    if (!save_for_backward) {
+      acts.clear();
+      masks.clear();
+    }
+  }
+  return std::make_tuple(output, acts, masks);
+}
+
+MlpGrads mlp_backward_autograd(const at::Tensor& grad_output, const at::Tensor& input,
+                               at::TensorList weights, at::TensorList activations,
+                               at::TensorList masks, const c10::List<bool>& has_bias,
+                               std::array<bool, 3> output_mask) {
+  std::vector<at::Tensor> all{grad_output, input};
+  all.insert(all.end(), weights.begin(), weights.end());
+  const bool grad = torch::autograd::compute_requires_grad(at::ArrayRef<at::Tensor>(all));
+  MlpGrads grads = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return mlp_backward_op().call(grad_output, input, weights, activations, masks, has_bias,
+                                  output_mask);
+  }();
+  if (grad) {
+    // The gradients get a node that refuses to be differentiated (create_graph=True records it;
+    // only differentiating through it is an error, as for PyTorch's own once-differentiable ops).
+    auto node = c10::make_intrusive<torch::autograd::Error>(
+        "fused_linreg.mlp_backward: the fused MLP is differentiable once; for double backward "
+        "(create_graph=True, gradgradcheck, Hessians) use the per-layer FusedLinearReLU / "
+        "FusedLinear modules (fuse(model) without mlp=True)",
+        torch::autograd::collect_next_edges(at::ArrayRef<at::Tensor>(all)));
+    auto& [gx, gw, gb] = grads;
+    if (gx.has_value())
+      torch::autograd::set_history(*gx, node);
+    else
+      node->add_input_metadata(torch::autograd::Node::undefined_input());
+    for (at::Tensor& g : gw) torch::autograd::set_history(g, node);
+    for (at::Tensor& g : gb) torch::autograd::set_history(g, node);
+  }
+  return grads;
+}
+
 }  // namespace
 }  // namespace fused_linreg
 
@@ -294,4 +422,6 @@ TORCH_LIBRARY_IMPL(fused_linreg, Autograd, m) {
   m.impl("linear_backward", &fused_linreg::linear_backward_autograd);
   m.impl("linear_forward", &fused_linreg::linear_forward_autograd);
   m.impl("linear_relu_forward", &fused_linreg::linear_relu_forward_autograd);
+  m.impl("mlp_forward", &fused_linreg::mlp_forward_autograd);
+  m.impl("mlp_backward", &fused_linreg::mlp_backward_autograd);
 }

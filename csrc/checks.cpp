@@ -253,6 +253,69 @@ void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList 
   }
 }
 
+void check_mlp_args(const char* op, const at::Tensor& input, at::TensorList weights,
+                    const OptionalTensorList& biases) {
+  TORCH_CHECK(!weights.empty(), op, ": needs at least one layer, got no weights");
+  TORCH_CHECK(biases.size() == weights.size(), op, ": needs one bias entry (a tensor or None) per "
+              "layer: got ", weights.size(), " weights and ", biases.size(), " biases");
+  check_linear_args(op, input, weights[0], biases.get(0));
+  for (size_t l = 1; l < weights.size(); ++l) {
+    const at::Tensor& w = weights[l];
+    const ArgName wl("weights", l);
+    check_floating(op, wl, w);
+    TORCH_CHECK(w.dim() == 2, op, ": ", wl, " must be 2-D [out_features, in_features], got shape ",
+                w.sizes());
+    TORCH_CHECK(w.size(1) == weights[l - 1].size(0), op, ": ", wl, " (shape ", w.sizes(),
+                ") must take the ", weights[l - 1].size(0), " outputs of weights[", l - 1,
+                "] (shape ", weights[l - 1].sizes(), ")");
+    check_same(op, wl, w, weights[0], "weights[0]");
+    const OptionalTensor b = biases.get(l);
+    if (b.has_value()) {
+      const ArgName bl("biases", l);
+      check_floating(op, bl, *b);
+      TORCH_CHECK(b->dim() == 1 && b->size(0) == w.size(0), op, ": ", bl,
+                  " must have shape [out_features] = [", w.size(0), "], got ", b->sizes());
+      check_same(op, bl, *b, w, wl);
+    }
+  }
+}
+
+void check_mlp_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                             at::TensorList weights, at::TensorList activations,
+                             at::TensorList masks, const c10::List<bool>& has_bias) {
+  const char* op = "fused_linreg.mlp_backward";
+  check_mlp_args(op, input, weights, OptionalTensorList(std::vector<OptionalTensor>(weights.size())));
+  const size_t hidden = weights.size() - 1;
+  TORCH_CHECK(has_bias.size() == weights.size(), op, ": needs one has_bias flag per layer: got ",
+              weights.size(), " weights and ", has_bias.size(), " flags");
+  TORCH_CHECK(activations.size() == hidden && masks.size() == hidden, op, ": needs one saved "
+              "activation and mask per hidden layer (", hidden, "), got ", activations.size(),
+              " and ", masks.size(), "; call mlp_forward with save_for_backward=True");
+  check_floating(op, "grad_output", grad_output);
+  check_same(op, "grad_output", grad_output, input, "input");
+  const auto expected = rows_shape(input, weights.back().size(0));
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), op, ": grad_output must have shape ",
+              at::IntArrayRef(expected), ", got ", grad_output.sizes());
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < input.dim(); ++d) rows *= input.size(d);
+  for (size_t l = 0; l < hidden; ++l) {
+    const int64_t n = weights[l].size(0);
+    const std::array<int64_t, 2> act_shape{rows, n}, mask_shape{rows, relu_mask_row_bytes(n)};
+    const ArgName al("activations", l), ml("masks", l);
+    check_same(op, al, activations[l], input, "input");
+    TORCH_CHECK(activations[l].sizes() == at::IntArrayRef(act_shape) && activations[l].is_contiguous(),
+                op, ": ", al, " must be contiguous of shape ", at::IntArrayRef(act_shape), ", got ",
+                activations[l].sizes());
+    FUSED_LINREG_CHECK_TYPE(masks[l].scalar_type() == at::kByte, op, ": ", ml,
+                            " must be uint8, got ", masks[l].scalar_type());
+    TORCH_CHECK(masks[l].sizes() == at::IntArrayRef(mask_shape) && masks[l].is_contiguous(), op,
+                ": ", ml, " must be contiguous of shape ", at::IntArrayRef(mask_shape), ", got ",
+                masks[l].sizes());
+    TORCH_CHECK(masks[l].device() == input.device(), op, ": ", ml, " must be on the input's device ",
+                input.device(), ", got ", masks[l].device());
+  }
+}
+
 at::Tensor as_rows(const at::Tensor& input) {
   if (input.dim() == 2) return with_size_one_strides_normalized(input);
   int64_t rows = 1;

@@ -30,6 +30,20 @@ TORCH_LIBRARY(fused_linreg, m) {
       "Tensor(d!)? bias_momentum_buffer, bool init_weight_momentum, bool init_bias_momentum, "
       "float lr, float momentum, "
       "float dampening, float weight_decay, bool nesterov, bool maximize) -> ()");
+  // A whole MLP: Linear+ReLU for every layer but the last, a plain Linear last (weights[l] [n_l+1,
+  // n_l], biases[l] [n_l+1] or None), computed per block of rows through every layer. With
+  // save_for_backward, also each hidden layer's output ([rows, n_l+1], the next layer's input) and
+  // its ReLU bitmask (uint8 [rows, ceil(n_l+1 / 32) * 4]), rows = prod(input.shape[:-1]); else
+  // both lists are empty (inference: the hidden activations never leave the cache).
+  m.def(
+      "mlp_forward(Tensor input, Tensor[] weights, Tensor?[] biases, bool save_for_backward=False) "
+      "-> (Tensor, Tensor[], Tensor[])");
+  // Gradients of mlp_forward from what it saved: (grad_input or None, the weight gradients, the
+  // bias gradients of the layers where has_bias is set), each group only when its output_mask
+  // entry (input, weights, biases) is set, else None / empty.
+  m.def(
+      "mlp_backward(Tensor grad_output, Tensor input, Tensor[] weights, Tensor[] activations, "
+      "Tensor[] masks, bool[] has_bias, bool[3] output_mask) -> (Tensor?, Tensor[], Tensor[])");
   // torch.optim.SGD's update over a list of parameters in one call. momentum_buffers is empty
   // when momentum == 0; init_momentum_buffers[i] marks a first step (buffer := gradient).
   // grad_scale / found_inf come from torch.amp.GradScaler: the gradients are divided by

@@ -7,6 +7,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace fused_linreg {
 
@@ -30,6 +31,17 @@ void check_linear_backward_sgd_args(const at::Tensor& grad_output, const at::Ten
 void check_sgd_args(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                     const c10::List<bool>& init_momentum_buffers, double momentum,
                     const OptionalTensor& grad_scale, const OptionalTensor& found_inf);
+
+using OptionalTensorList = c10::List<std::optional<at::Tensor>>;
+// Checks an MLP's input [..., n_0], weights[l] [n_l+1, n_l] chained layer to layer, biases (one
+// entry per layer, each None or [n_l+1]), dtypes and devices; names the offending layer.
+void check_mlp_args(const char* op, const at::Tensor& input, at::TensorList weights,
+                    const OptionalTensorList& biases);
+// Checks mlp_backward's arguments against the weights: grad_output, the saved activations and
+// masks (one per hidden layer, [rows, width]), has_bias (one per layer).
+void check_mlp_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                             at::TensorList weights, at::TensorList activations,
+                             at::TensorList masks, const c10::List<bool>& has_bias);
 
 // The input viewed as 2-D rows [M, K]: a view whenever the leading dims allow one, with the
 // strides of its size-1 dimensions normalized (with_size_one_strides_normalized).
@@ -71,11 +83,22 @@ using LinearBackwardSgdOp = void(const at::Tensor& grad_output, const at::Tensor
                                  bool init_weight_momentum, bool init_bias_momentum, double lr,
                                  double momentum, double dampening, double weight_decay,
                                  bool nesterov, bool maximize);
+using MlpForwardOp = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>(
+    const at::Tensor& input, at::TensorList weights, const OptionalTensorList& biases,
+    bool save_for_backward);
+using MlpGrads = std::tuple<OptionalTensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;
+using MlpBackwardOp = MlpGrads(const at::Tensor& grad_output, const at::Tensor& input,
+                               at::TensorList weights, at::TensorList activations,
+                               at::TensorList masks, const c10::List<bool>& has_bias,
+                               std::array<bool, 3> output_mask);
 
 // The multi-tensor SGD step on CPU tensors (cpu/sgd.cpp) and on CUDA tensors (cuda/sgd.cpp; CUDA
-// builds only). The linear operators are written once, over either device: linear_ops.h.
+// builds only), and the whole-MLP operators (cpu/mlp.cpp; CPU only). The linear operators are
+// written once, over either device: linear_ops.h.
 namespace cpu {
 SgdStepOp sgd_step_;
+MlpForwardOp mlp_forward;
+MlpBackwardOp mlp_backward;
 }  // namespace cpu
 namespace cuda {
 SgdStepOp sgd_step_;

@@ -9,7 +9,7 @@ from fused_linreg._checks import TensorTypeError, UnsupportedDtypeError
 from fused_linreg._ops import _C
 from fused_linreg.autograd import LinearFunction, LinearReLUFunction
 from fused_linreg.fuse import fuse
-from fused_linreg.modules import FusedLinear, FusedLinearReLU
+from fused_linreg.modules import FusedLinear, FusedLinearReLU, FusedMLP
 from fused_linreg.optim import FusedSGD
 
 __version__ = "0.1.0"
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FusedLinear",
     "FusedLinearReLU",
+    "FusedMLP",
     "FusedSGD",
     "LinearFunction",
     "LinearReLUFunction",

@@ -1,6 +1,8 @@
 """Argument checks for the fake (meta) kernels: the same rules and messages as csrc/checks.cpp,
 so that meta tensors, mixed meta/real devices and torch.compile tracing reject what the real
 kernels reject instead of returning a tensor of a made-up shape."""
+import math
+
 import torch
 
 
@@ -147,6 +149,60 @@ def sgd_args(params, grads, momentum_buffers, init_momentum_buffers, momentum, g
             f"{op}: grad_scale and found_inf must be on the params' device {params[0].device}, got {t.device}"))
 
 
+def mlp_args(op, input, weights, biases):
+    torch._check(len(weights) >= 1, lambda: f"{op}: needs at least one layer, got no weights")
+    torch._check(len(biases) == len(weights), lambda: (
+        f"{op}: needs one bias entry (a tensor or None) per layer: got {len(weights)} weights and "
+        f"{len(biases)} biases"))
+    linear_args(op, input, weights[0], biases[0])
+    for i in range(1, len(weights)):
+        w, prev, b = weights[i], weights[i - 1], biases[i]
+        _floating(op, f"weights[{i}]", w)
+        torch._check(w.dim() == 2, lambda: (
+            f"{op}: weights[{i}] must be 2-D [out_features, in_features], got shape {list(w.shape)}"))
+        torch._check(w.shape[1] == prev.shape[0], lambda: (
+            f"{op}: weights[{i}] (shape {list(w.shape)}) must take the {prev.shape[0]} outputs of "
+            f"weights[{i - 1}] (shape {list(prev.shape)})"))
+        _same(op, f"weights[{i}]", w, weights[0], "weights[0]")
+        if b is not None:
+            _floating(op, f"biases[{i}]", b)
+            torch._check(b.dim() == 1 and b.shape[0] == w.shape[0], lambda: (
+                f"{op}: biases[{i}] must have shape [out_features] = [{w.shape[0]}], got {list(b.shape)}"))
+            _same(op, f"biases[{i}]", b, w, f"weights[{i}]")
+
+
+def mlp_kernel_dtype(op, input):
+    _check_type(input.dtype in (torch.float32, torch.float64), lambda: (
+        f"{op}: the CPU kernel supports float32 and float64, got {input.dtype} (FusedMLP runs "
+        "other dtypes layer by layer)"), UnsupportedDtypeError)
+
+
+def mlp_backward_args(grad_output, input, weights, activations, masks, has_bias):
+    op = "fused_linreg.mlp_backward"
+    mlp_args(op, input, weights, [None] * len(weights))
+    hidden = len(weights) - 1
+    torch._check(len(has_bias) == len(weights), lambda: (
+        f"{op}: needs one has_bias flag per layer: got {len(weights)} weights and {len(has_bias)} flags"))
+    torch._check(len(activations) == hidden and len(masks) == hidden, lambda: (
+        f"{op}: needs one saved activation and mask per hidden layer ({hidden}), got "
+        f"{len(activations)} and {len(masks)}; call mlp_forward with save_for_backward=True"))
+    _floating(op, "grad_output", grad_output)
+    _same(op, "grad_output", grad_output, input, "input")
+    expected = [*input.shape[:-1], weights[-1].shape[0]]
+    torch._check(list(grad_output.shape) == expected, lambda: (
+        f"{op}: grad_output must have shape {expected}, got {list(grad_output.shape)}"))
+    rows = math.prod(input.shape[:-1])
+    for i in range(hidden):
+        n = weights[i].shape[0]
+        a, m = activations[i], masks[i]
+        _same(op, f"activations[{i}]", a, input, "input")
+        torch._check(list(a.shape) == [rows, n], lambda: (
+            f"{op}: activations[{i}] must be contiguous of shape {[rows, n]}, got {list(a.shape)}"))
+        _check_type(m.dtype == torch.uint8, lambda: f"{op}: masks[{i}] must be uint8, got {m.dtype}")
+        torch._check(list(m.shape) == [rows, (n + 31) // 32 * 4], lambda: (
+            f"{op}: masks[{i}] must be contiguous of shape {[rows, (n + 31) // 32 * 4]}, got {list(m.shape)}"))
+
+
 # Argument names of each operator, for naming the sparse one.
 _ARGUMENTS = {
     "linear_forward": ("input", "weight", "bias"),
@@ -155,6 +211,8 @@ _ARGUMENTS = {
     "linear_backward_sgd_": ("grad_output", "input", "weight", "relu_mask", "bias",
                              "weight_momentum_buffer", "bias_momentum_buffer"),
     "sgd_step_": ("params", "grads", "momentum_buffers"),
+    "mlp_forward": ("input", "weights", "biases"),
+    "mlp_backward": ("grad_output", "input", "weights", "activations", "masks"),
 }
 
 

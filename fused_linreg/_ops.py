@@ -2,6 +2,7 @@
 (fake kernels for torch.compile, vmap rules, error kernels). Their schemas, device kernels and
 autograd are registered in C++ (csrc/fused_linreg.cpp, csrc/cpu/, csrc/cuda/, csrc/autograd.cpp).
 Everything else in the package goes through here."""
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -14,10 +15,12 @@ _C._register_error_types(_checks.TensorTypeError, _checks.UnsupportedDtypeError)
 ops = torch.ops.fused_linreg
 
 # The operator names (schemas in csrc/fused_linreg.cpp): the forwards, the linear ops (forwards and
-# backward) and every op; the registrations below and in _autocast.py iterate over these.
+# backward), the whole-MLP ops (CPU kernels only) and every op; the registrations below and in
+# _autocast.py iterate over these.
 FORWARD_OPS = ("linear_forward", "linear_relu_forward")
 LINEAR_OPS = FORWARD_OPS + ("linear_backward",)
-ALL_OPS = LINEAR_OPS + ("linear_backward_sgd_", "sgd_step_")
+MLP_OPS = ("mlp_forward", "mlp_backward")
+ALL_OPS = LINEAR_OPS + ("linear_backward_sgd_", "sgd_step_") + MLP_OPS
 
 
 def relu_mask_row_bytes(out_features: int) -> int:
@@ -68,6 +71,31 @@ def _sgd_step_fake(params, grads, momentum_buffers, init_momentum_buffers, lr, m
     _checks.sgd_args(params, grads, momentum_buffers, init_momentum_buffers, momentum, grad_scale,
                      found_inf)
     return None
+
+
+@torch.library.register_fake("fused_linreg::mlp_forward")
+def _mlp_forward_fake(input, weights, biases, save_for_backward=False):
+    op = "fused_linreg.mlp_forward"
+    _checks.mlp_args(op, input, weights, biases)
+    _checks.mlp_kernel_dtype(op, input)
+    out = input.new_empty((*input.shape[:-1], weights[-1].shape[0]))
+    if not save_for_backward:
+        return out, [], []
+    rows = math.prod(input.shape[:-1])
+    acts = [input.new_empty((rows, w.shape[0])) for w in weights[:-1]]
+    masks = [input.new_empty((rows, relu_mask_row_bytes(w.shape[0])), dtype=torch.uint8)
+             for w in weights[:-1]]
+    return out, acts, masks
+
+
+@torch.library.register_fake("fused_linreg::mlp_backward")
+def _mlp_backward_fake(grad_output, input, weights, activations, masks, has_bias, output_mask):
+    _checks.mlp_backward_args(grad_output, input, weights, activations, masks, has_bias)
+    _checks.mlp_kernel_dtype("fused_linreg.mlp_backward", input)
+    grad_input = torch.empty_like(input, memory_format=torch.contiguous_format) if output_mask[0] else None
+    grad_weights = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights] if output_mask[1] else []
+    grad_biases = [w.new_empty((w.shape[0],)) for w, b in zip(weights, has_bias) if b] if output_mask[2] else []
+    return grad_input, grad_weights, grad_biases
 
 
 # Autograd (every derivative, of any order, reverse and forward mode) is registered in C++
@@ -183,6 +211,19 @@ if not _C.build_info()["cuda"]:
 
     for _name in ALL_OPS:
         _cpu_only_lib.impl(_name, _no_cuda_kernels, "CUDA")
+else:
+    # The whole-MLP ops have CPU kernels only: on CUDA, FusedMLP runs the per-layer CUDA kernels.
+    _mlp_cuda_lib = torch.library.Library("fused_linreg", "IMPL")
+
+    def _no_mlp_cuda_kernel(name):
+        def refuse(*args, **kwargs):
+            raise NotImplementedError(
+                f"fused_linreg.{name} has no CUDA kernel: on CUDA, fused_linreg.FusedMLP runs the "
+                "per-layer CUDA kernels (linear_relu_forward, linear_forward)")
+        return refuse
+
+    for _name in MLP_OPS:
+        _mlp_cuda_lib.impl(_name, _no_mlp_cuda_kernel(_name), "CUDA")
 
 
 # ---- a clear error naming the argument for sparse tensors (instead of a dispatcher message) -----

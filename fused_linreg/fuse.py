@@ -1,13 +1,13 @@
 """``fuse(model)``: an existing model on fused_linreg's kernels, without editing its code."""
 import copy
-from typing import Dict, TypeVar
+from typing import Dict, List, Optional, TypeVar
 
 from torch import nn
 
 from torch.nn.modules.module import _WrappedHook
 
-from fused_linreg.modules import (FusedLinear, FusedLinearReLU, bound_to_instance, computed_tensors,
-                                  pruning_hooks)
+from fused_linreg.modules import (FusedLinear, FusedLinearReLU, FusedMLP, bound_to_instance,
+                                  computed_tensors, pruning_hooks)
 
 __all__ = ["fuse"]
 
@@ -59,14 +59,65 @@ def _replacement(linear: nn.Module, cls: type, memo: Dict[tuple, nn.Module]) -> 
     return memo[key]
 
 
-def _fuse_children(module: nn.Module, memo: Dict[tuple, nn.Module], seen: set) -> None:
+def _mlp_layer(module: Optional[nn.Module]) -> bool:
+    """An nn.Linear that FusedMLP can compute: no hooks (its forward is not called), no pruning
+    (whose hook sets the weight before each forward), no empty dimension."""
+    return (type(module) is nn.Linear and _fusable(module) and not _has_hooks(module)
+            and not pruning_hooks(module) and module.in_features > 0 and module.out_features > 0)
+
+
+def _mlp_run(children: List[Optional[nn.Module]]) -> int:
+    """How many of ``children`` from the first on are Linear, ReLU, Linear, ..., Linear with at
+    least one ReLU, chained shape to shape; 0 if they are not."""
+    if not _mlp_layer(children[0]):
+        return 0
+    end = 1
+    while (end + 1 < len(children) and type(children[end]) is nn.ReLU and not _has_hooks(children[end])
+           and _mlp_layer(children[end + 1])
+           and children[end + 1].in_features == children[end - 1].out_features):
+        end += 2
+    return end if end >= 3 else 0
+
+
+def _whole_mlp(module: nn.Module) -> bool:
+    """An nn.Sequential (without hooks) that is one MLP run from end to end."""
+    children = list(module._modules.values())
+    return (type(module) is nn.Sequential and not _has_hooks(module) and len(children) >= 3
+            and _mlp_run(children) == len(children))
+
+
+def _mlp_replacement(seq: nn.Sequential, memo: Dict[tuple, nn.Module]) -> FusedMLP:
+    key = (id(seq), FusedMLP)
+    if key not in memo:
+        memo[key] = FusedMLP.from_linears(list(seq._modules.values())[::2])
+    return memo[key]
+
+
+def _fuse_children(module: nn.Module, memo: Dict[tuple, nn.Module], seen: set, mlp: bool) -> None:
     if id(module) in seen:
         return
     seen.add(id(module))
     names = list(module._modules)
+    skip = 0
     for i, name in enumerate(names):
         child = module._modules[name]
-        if child is None:
+        if child is None or skip:
+            skip = max(skip - 1, 0)
+            continue
+        if mlp and _whole_mlp(child):
+            module._modules[name] = _mlp_replacement(child, memo)
+            continue
+        run = _mlp_run([module._modules[n] for n in names[i:]]) if mlp and isinstance(module, nn.Sequential) else 0
+        if run:
+            # A run inside a longer Sequential: the FusedMLP takes the first index, Identities the
+            # rest, and its state_dict keys are mapped back to the indices its Linears had.
+            run_names = names[i:i + run]
+            fused = FusedMLP.from_linears([module._modules[n] for n in run_names[::2]])
+            fused._use_sibling_names(module, name, {str(k): run_names[k] for k in range(0, run, 2)})
+            module._modules[name] = fused
+            for n in run_names[1:]:
+                module._modules[n] = nn.Identity()
+            skip = run - 1
             continue
         following = module._modules[names[i + 1]] if i + 1 < len(names) else None
         if (isinstance(module, nn.Sequential) and _fusable(child)
@@ -79,7 +130,7 @@ def _fuse_children(module: nn.Module, memo: Dict[tuple, nn.Module], seen: set) -
         elif type(child) is nn.Linear and _fusable(child):
             module._modules[name] = _replacement(child, FusedLinear, memo)
         else:
-            _fuse_children(child, memo, seen)
+            _fuse_children(child, memo, seen, mlp)
 
 
 def _deepcopy(model: M) -> M:
@@ -94,7 +145,7 @@ def _deepcopy(model: M) -> M:
     return copied
 
 
-def fuse(model: M, inplace: bool = False) -> M:
+def fuse(model: M, inplace: bool = False, mlp: bool = False) -> M:
     """``model`` with every ``nn.Linear`` computed by fused_linreg.
 
     Inside every ``nn.Sequential``, an ``nn.Linear`` directly followed by an ``nn.ReLU`` becomes
@@ -108,6 +159,13 @@ def fuse(model: M, inplace: bool = False) -> M:
     optimizer already built over ``model.parameters()`` keeps working. A model that *is* an
     ``nn.Linear`` comes back as a new :class:`FusedLinear` (on the same Parameters when
     ``inplace=True``).
+
+    With ``mlp=True``, each run Linear, ReLU, Linear, ..., Linear (at least two Linears, without
+    hooks or pruning) inside an ``nn.Sequential`` becomes one :class:`FusedMLP` on the same
+    Parameters, with the same ``state_dict`` keys, so checkpoints load either way: an
+    ``nn.Sequential`` that is such a run as a whole is replaced by the FusedMLP; a run inside a
+    longer one becomes a FusedMLP at the run's first index and Identities after it, its
+    ``state_dict`` keys mapped back to the indices the Linears had.
 
     A Linear keeps its hooks; one with forward or backward hooks is not merged with its ReLU
     (they would see the ReLU's output and gradients instead of its own). With ``inplace=True``
@@ -138,5 +196,7 @@ def fuse(model: M, inplace: bool = False) -> M:
     memo: Dict[tuple, nn.Module] = {}
     if type(model) is nn.Linear:
         return _replacement(model, FusedLinear, memo) if _fusable(model) else model
-    _fuse_children(model, memo, set())
+    if mlp and _whole_mlp(model):
+        return _mlp_replacement(model, memo)
+    _fuse_children(model, memo, set(), mlp)
     return model

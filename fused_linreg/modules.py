@@ -1,14 +1,16 @@
 """Drop-in modules: subclasses of torch.nn.Linear, so parameters, initialization, state_dict keys
-and repr are nn.Linear's."""
-from typing import TypeVar
+and repr are nn.Linear's; and FusedMLP, an nn.Sequential of them computed as one operator."""
+from typing import Dict, List, Optional, Sequence, TypeVar
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from fused_linreg import functional as F
+from fused_linreg._ops import ops
+from fused_linreg.in_backward import controller_for
 
-__all__ = ["FusedLinear", "FusedLinearReLU"]
+__all__ = ["FusedLinear", "FusedLinearReLU", "FusedMLP"]
 
 
 _Fused = TypeVar("_Fused", bound="_FusedLinearBase")
@@ -132,3 +134,116 @@ class FusedLinearReLU(_FusedLinearBase):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.linear_relu(input, self.weight, self.bias)
+
+
+# The widest layer the whole-MLP kernel takes; wider networks run layer by layer (a row block of
+# such activations no longer fits the caches the kernel is blocked for).
+MLP_MAX_WIDTH = 256
+_MLP_DTYPES = (torch.float32, torch.float64)
+_mlp_forward = ops.mlp_forward.default
+
+
+class FusedMLP(nn.Sequential):
+    """``nn.Sequential(Linear, ReLU, Linear, ReLU, ..., Linear)`` computed as one operator.
+
+    ``sizes = [in, h1, ..., out]``: a Linear + ReLU per hidden layer and a plain Linear last. The
+    module *is* that nn.Sequential (same children, initialization and RNG use, ``state_dict``
+    keys, indexing), only its forward differs: on CPU, float32 / float64 and widths up to
+    ``MLP_MAX_WIDTH``, every layer runs on a block of rows before the next block
+    (``torch.ops.fused_linreg.mlp_forward`` / ``mlp_backward``); otherwise (CUDA, other dtypes,
+    autocast, wider layers, weights an in-backward ``FusedSGD`` updates) it runs the per-layer
+    fused kernels. The children's own forwards and hooks are not called.
+
+    >>> mlp = fused_linreg.FusedMLP([64, 256, 256, 10])   # was nn.Sequential(nn.Linear(64, 256), ...)
+    """
+
+    def __init__(self, sizes: Sequence[int], bias: bool = True, dtype: Optional[torch.dtype] = None,
+                 device=None) -> None:
+        sizes = list(sizes)
+        if len(sizes) < 2 or not all(isinstance(n, int) and n >= 1 for n in sizes):
+            raise ValueError(f"FusedMLP: sizes must be [in, hidden..., out] with at least two positive "
+                             f"integers, got {sizes}")
+        layers: List[nn.Module] = []
+        for i in range(len(sizes) - 1):
+            layers.append(nn.Linear(sizes[i], sizes[i + 1], bias=bias, dtype=dtype, device=device))
+            if i + 2 < len(sizes):
+                layers.append(nn.ReLU())
+        super().__init__(*layers)
+        # Set by fuse() on a run inside a larger nn.Sequential: own child name -> the sibling name
+        # its parameters had there, so that state_dict keys stay the parent's.
+        self._sibling_names: Optional[Dict[str, str]] = None
+
+    @classmethod
+    def from_linears(cls, linears: Sequence[nn.Linear]) -> "FusedMLP":
+        """A FusedMLP over these nn.Linear modules themselves (same Parameters), a ReLU between
+        each two."""
+        linears = list(linears)
+        for i, lin in enumerate(linears):
+            if type(lin) is not nn.Linear:
+                raise TypeError(f"FusedMLP.from_linears: layer {i} is a {type(lin).__name__}, not an nn.Linear")
+            if i and lin.in_features != linears[i - 1].out_features:
+                raise ValueError(f"FusedMLP.from_linears: layer {i} takes {lin.in_features} features but "
+                                 f"layer {i - 1} gives {linears[i - 1].out_features}")
+        module = cls.__new__(cls)
+        layers: List[nn.Module] = []
+        for i, lin in enumerate(linears):
+            layers.append(lin)
+            if i + 1 < len(linears):
+                layers.append(nn.ReLU())
+        nn.Sequential.__init__(module, *layers)
+        module._sibling_names = None
+        module.train(linears[0].training)
+        return module
+
+    def _use_sibling_names(self, parent: nn.Module, name: str, names: Dict[str, str]) -> None:
+        """State dict keys as the parameters had them as siblings in ``parent``, where this
+        module is child ``name``. Loading needs a hook on the parent: a child's load_state_dict
+        sees only the keys under its own name."""
+        self._sibling_names = names
+        self._register_state_dict_hook(_to_sibling_keys)
+        parent._register_load_state_dict_pre_hook(_FromSiblingKeys(name, names))
+
+    def _fused_path(self, input: torch.Tensor, weights: List[torch.Tensor]) -> bool:
+        return (input.device.type == "cpu" and input.dtype in _MLP_DTYPES
+                and all(w.dtype == input.dtype and w.device == input.device for w in weights)
+                and max(max(w.shape) for w in weights) <= MLP_MAX_WIDTH
+                and not torch.is_autocast_enabled("cpu")
+                and all(controller_for(w) is None for w in weights))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        linears = list(self._modules.values())[::2]
+        weights = [lin.weight for lin in linears]
+        biases = [lin.bias for lin in linears]
+        if isinstance(input, torch.Tensor) and self._fused_path(input, weights):
+            return _mlp_forward(input, weights, biases)[0]
+        for lin in linears[:-1]:
+            input = F.linear_relu(input, lin.weight, lin.bias)
+        return F.linear(input, linears[-1].weight, linears[-1].bias)
+
+    def __prepare_scriptable__(self):
+        raise F.torchscript_unsupported(type(self).__name__)
+
+
+def _parent_prefix(prefix: str) -> str:
+    return prefix[:prefix.rstrip(".").rfind(".") + 1]
+
+
+def _to_sibling_keys(module: FusedMLP, state_dict, prefix: str, local_metadata) -> None:
+    parent = _parent_prefix(prefix)
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        child, rest = key[len(prefix):].split(".", 1)
+        state_dict[f"{parent}{module._sibling_names[child]}.{rest}"] = state_dict.pop(key)
+
+
+class _FromSiblingKeys:
+    """The load_state_dict pre-hook of a FusedMLP's parent: the keys of the Linears' former
+    indices become the FusedMLP's own (a class, so that models with it pickle and deepcopy)."""
+
+    def __init__(self, name: str, names: Dict[str, str]) -> None:
+        self.name, self.names = name, names
+
+    def __call__(self, state_dict, prefix: str, *args) -> None:
+        for child, sibling in self.names.items():
+            old = f"{prefix}{sibling}."
+            for key in [k for k in state_dict if k.startswith(old)]:
+                state_dict[f"{prefix}{self.name}.{child}.{key[len(old):]}"] = state_dict.pop(key)
