@@ -46,10 +46,11 @@ def _parser():
     p.add_argument("--dtype", default="float32", choices=list(_DTYPES))
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--cases", default="all",
-                   help="comma-separated groups (layer, odd, mlp, gemm, memory, all) and case names "
-                        "(4096x1024x1024 = batch x in_features x out_features, mlp-2048x1024x3 = "
-                        "batch x width x depth, gemm-2048, any sizes); odd: layers of sizes that are "
-                        "multiples of nothing; default all")
+                   help="comma-separated groups (layer, odd, mlp, fusedmlp, gemm, memory, all) and "
+                        "case names (4096x1024x1024 = batch x in_features x out_features, "
+                        "mlp-2048x1024x3 = batch x width x depth, fusedmlp-65536x64x4 (FusedMLP), "
+                        "gemm-2048, any sizes); odd: layers of sizes that are multiples of nothing; "
+                        "memory with fusedmlp also measures FusedMLP's training memory; default all")
     p.add_argument("--memory", action="store_true",
                    help="also run the memory cases: peak memory of MLP training steps, with and "
                         "without SGD inside the backward")
@@ -175,15 +176,16 @@ def _run(args, device, selected, memory, chosen_peers):
     print(report.format_header(info, peak, notes), flush=True)
 
     speed = _run_speed(selected, setup, peak.get("gflops") if peak else None, reps, warmup_s, sample_s)
-    memory_rows = []
+    memory_tables = []  # one per memory config
     if memory:
-        memory_rows = run_memory(cases_mod.memory_config(args.quick), device, dtype,
-                                 torch.get_num_threads(), _progress)
+        memory_tables = [run_memory(config, device, dtype, torch.get_num_threads(), _progress)
+                         for config in cases_mod.memory_configs(args.quick, selected)]
+    memory_rows = [r for table in memory_tables for r in table]
 
     if speed:
         print("\n" + report.format_speed(speed))
-    if memory_rows:
-        print("\n" + report.format_memory(memory_rows, device))
+    for table in memory_tables:
+        print("\n" + report.format_memory(table, device))
     if args.json:
         report.write_json(args.json, info, peak, notes, speed, memory_rows)
     if args.csv:

@@ -43,7 +43,7 @@ def test_quick_json_has_every_case_with_positive_times(quick_run):
     _, data, _ = quick_run
     rows = {(r["case"], r["pass"], r["impl"]): r for r in data["speed"]}
     expected = cases.default_cases(quick=True)
-    assert {c.group for c in expected} == {"layer", "odd", "mlp", "gemm"}
+    assert {c.group for c in expected} == {"layer", "odd", "mlp", "fusedmlp", "gemm"}
     for case in expected:
         for pass_ in case.passes:
             for impl in ("fused", "eager"):

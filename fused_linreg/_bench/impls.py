@@ -6,6 +6,7 @@
                training step: backward and optimizer step stay eager); compiled before timing
 - addmm_act:   (CUDA, forward) cuBLASLt's bias + ReLU epilogue, torch._addmm_activation
 - fused-inbwd: (training step) FusedSGD(in_backward=True)
+- fused-layers: (fusedmlp cases) the per-layer fused model, against which "fused" is FusedMLP
 - openblas, onednn: (layer forward, GEMM; CPU) the peers of fused_linreg/_bench/peers.py
 
 An implementation that cannot run is given as a str instead: why (``skipped: ...`` when not
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from fused_linreg import functional
 from fused_linreg._bench import models, peers
-from fused_linreg._bench.cases import GemmCase, LayerCase, MlpCase
+from fused_linreg._bench.cases import FusedMlpCase, GemmCase, LayerCase, MlpCase
 from fused_linreg._bench.timing import describe_error
 
 __all__ = ["Setup", "build", "STEP_MOMENTUM"]
@@ -118,6 +119,28 @@ def _mlp(case: MlpCase, setup):
     return impls, lambda compile: step("eager", compile)
 
 
+def _fused_mlp(case: FusedMlpCase, pass_, setup):
+    """FusedMLP ("fused") against eager, the per-layer fused model and torch.compile of eager."""
+    x, target = models.make_data(case.batch, case.width, setup.device, setup.dtype)
+    variants = {"fused": "fused-mlp", "eager": "eager", "fused-layers": "fused"}
+
+    def build_one(variant, compile=None):
+        model = models.make_mlp(variant, case.width, case.depth, setup.device, setup.dtype)
+        if pass_ == "fwd":
+            forward = compile(model) if compile else model
+
+            def run():
+                with torch.no_grad():
+                    return forward(x)
+            return run
+        opt = models.make_optimizer(variant, model.parameters(), STEP_MOMENTUM)
+        loss_fn = compile(lambda x, target: F.mse_loss(model(x), target)) if compile else None
+        return models.training_step(model, opt, x, target, loss_fn)
+
+    impls = {name: build_one(variant) for name, variant in variants.items()}
+    return impls, lambda compile: build_one("eager", compile)
+
+
 def _gemm(case: GemmCase, setup):
     a = _randn(setup, case.size, case.size, seed=1)
     b = _randn(setup, case.size, case.size, scale=case.size ** -0.5, seed=2)
@@ -134,6 +157,8 @@ def build(case, pass_, setup: Setup) -> Tuple[Dict[str, object], Dict[str, float
         impls, make = _layer(case, pass_, setup)
     elif isinstance(case, MlpCase):
         impls, make = _mlp(case, setup)
+    elif isinstance(case, FusedMlpCase):
+        impls, make = _fused_mlp(case, pass_, setup)
     else:
         impls, make = _gemm(case, setup)
     compile_s = {}

@@ -119,12 +119,10 @@ def _run_child(variant, momentum, config, device, dtype, threads, timeout_s):
 
 def run_memory(config, device, dtype, threads, progress, timeout_s=1800):
     """One row per (momentum, variant), with the ratios to eager at the same momentum."""
-    from fused_linreg._bench.models import VARIANTS
-
     rows = []
     for momentum in config.momenta:
         eager = None
-        for variant in VARIANTS:
+        for variant in config.variants:
             progress(f"memory: {variant}, momentum {momentum}")
             r = _run_child(variant, momentum, config, device, dtype, threads, timeout_s)
             row = {"variant": variant, "momentum": momentum, "batch": config.batch,

@@ -1,8 +1,8 @@
 """The MLPs and optimizers under test, built alike for every variant.
 
 Variants: "eager" (nn.Linear + nn.ReLU, torch.optim.SGD), "fused" (FusedLinearReLU layers ending
-in a FusedLinear, FusedSGD) and "fused-inbwd" (the same with FusedSGD(in_backward=True), which
-updates the fused layers inside loss.backward()). Every model is built after the same seed, so
+in a FusedLinear, FusedSGD), "fused-inbwd" (the same with FusedSGD(in_backward=True), which
+updates the fused layers inside loss.backward()) and "fused-mlp" (one FusedMLP, FusedSGD). Every model is built after the same seed, so
 all variants start from identical weights (the fused layers are nn.Linear subclasses and
 initialize alike).
 """
@@ -12,9 +12,8 @@ from torch import nn
 
 import fused_linreg
 
-__all__ = ["VARIANTS", "make_mlp", "make_optimizer", "make_data", "training_step"]
+__all__ = ["make_mlp", "make_optimizer", "make_data", "training_step"]
 
-VARIANTS = ("eager", "fused", "fused-inbwd")
 LR = 1e-3
 
 
@@ -22,6 +21,8 @@ def make_mlp(variant, width, depth, device, dtype, seed=0):
     """depth layers width -> width, a ReLU after each but the last."""
     torch.manual_seed(seed)
     kw = dict(device=device, dtype=dtype)
+    if variant == "fused-mlp":
+        return fused_linreg.FusedMLP([width] * (depth + 1), **kw)
     layers = []
     for i in range(depth):
         last = i == depth - 1
