@@ -66,7 +66,7 @@ def test_same_initialization_and_keys_as_sequential():
 
 @pytest.mark.parametrize("sizes", [[1, 1, 1], [3, 17, 5], [17, 256, 3, 9], [8, 1, 256, 1],
                                    [64, 64, 64, 64, 64], [5, 257, 4], [257, 3, 7]])
-@pytest.mark.parametrize("batch", [(0,), (1,), (37,), (2, 3, 29), (1000,)])
+@pytest.mark.parametrize("batch", [(0,), (1,), (37,), (2, 3, 29), (1000,), (4000,)])
 def test_matches_sequential_exactly_in_float64(sizes, batch):
     ref = exact_copy(sequential(sizes, dtype=torch.float64), 0, torch.float64)
     fused = FusedMLP.from_linears([copy.deepcopy(m) for m in ref if isinstance(m, nn.Linear)])

@@ -23,29 +23,44 @@
 namespace fused_linreg::cpu {
 namespace {
 
-// One block's widest activations, about half of a Zen 4 / Skylake-SP L2 (1-2 MiB) once the
-// backward's two gradient buffers and the layer's input rows are counted.
-constexpr int64_t kBlockBytes = 96 * 1024;
+// One block's widest activations: with the backward's two gradient buffers and the layer's input
+// rows, within a Zen 4 / Skylake-SP L2 (1-2 MiB) for widths up to 128 in float32.
+constexpr int64_t kBlockBytes = 192 * 1024;
+// But never fewer rows than this: every block's weight gradient is a GEMM over its rows whose
+// [out, in] result is then added to the task's sum, a pass that few rows do not repay (measured
+// on Zen 4 at width 256: 96-row blocks were slower than the per-layer ops, 384-row ones faster).
+constexpr int64_t kMinBlockRows = 384;
 // Block rows are whole micro-panels of every ISA's microkernel (MR 12, 8, 6 or 4).
 constexpr int64_t kRowMultiple = 24;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 struct Blocks {
-  int64_t rows, count, tasks;
+  int64_t rows, count, tasks, widest;
   int64_t begin(int64_t b) const { return b * rows; }
   int64_t first_of_task(int64_t t) const { return t * count / tasks; }
 };
 
+// Below this many multiply-adds (forward, all layers) the MLP runs on the calling thread: waking
+// the pool would cost more than the second thread saves (the GEMM core's kThreadedMinFlops / 2).
+constexpr double kThreadedMinMacs = 1e6;
+
 // Blocks of at most kBlockBytes of the widest layer, and at least one per thread while a thread
 // would still get a whole micro-panel.
-Blocks plan_blocks(int64_t M, int64_t widest, int64_t element_size) {
-  const int threads = std::max(1, num_threads());
-  int64_t rows = std::max(kRowMultiple, kBlockBytes / (widest * element_size) / kRowMultiple * kRowMultiple);
+Blocks plan_blocks(int64_t M, at::TensorList weights, int64_t element_size) {
+  double macs = 0;
+  int64_t widest = weights[0].size(1);
+  for (const at::Tensor& w : weights) {
+    macs += double(M) * double(w.size(0)) * double(w.size(1));
+    widest = std::max(widest, w.size(0));
+  }
+  widest = std::max<int64_t>(widest, 1);
+  const int threads = macs < kThreadedMinMacs ? 1 : std::max(1, num_threads());
+  int64_t rows = std::max(kMinBlockRows, kBlockBytes / (widest * element_size) / kRowMultiple * kRowMultiple);
   const int64_t per_thread = ceil_div(M, threads);
   if (per_thread < rows) rows = std::max<int64_t>(8, ceil_div(per_thread, 8) * 8);
   const int64_t count = ceil_div(M, rows);
-  return {rows, count, std::min<int64_t>(threads, count)};
+  return {rows, count, std::min<int64_t>(threads, count), widest};
 }
 
 template <typename T> struct Layer {
@@ -70,11 +85,6 @@ std::vector<Layer<T>> layers_of(at::TensorList weights, const std::vector<bool>&
   return layers;
 }
 
-int64_t widest_of(at::TensorList weights) {
-  int64_t widest = weights[0].size(1);
-  for (const at::Tensor& w : weights) widest = std::max(widest, w.size(0));
-  return std::max<int64_t>(widest, 1);
-}
 
 // Runs body(t) for every task on the thread pool.
 template <typename F> void run_tasks(int64_t tasks, const F& body) {
@@ -160,14 +170,13 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_for
       masks.push_back(at::empty({M, relu_mask_row_bytes(n)}, input.options().dtype(at::kByte)));
     }
   }
-  const int64_t widest = widest_of(weights);
-  const Blocks blocks = plan_blocks(M, widest, input.element_size());
+  const Blocks blocks = plan_blocks(M, weights, input.element_size());
 
   dispatch_float_double(input, [&](auto tag) {
     using T = decltype(tag);
     const std::vector<Layer<T>> layers = layers_of<T>(weights, has_bias, bias);
     // Inference keeps the hidden activations of a block in two buffers per task, never in memory.
-    const int64_t block_elems = blocks.rows * widest;
+    const int64_t block_elems = blocks.rows * blocks.widest;
     at::Tensor scratch;
     if (!save_for_backward && L > 1) scratch = at::empty({blocks.tasks * 2 * block_elems}, input.options());
     run_tasks(blocks.tasks, [&](int64_t t) {
@@ -243,8 +252,7 @@ MlpGrads mlp_backward(const at::Tensor& grad_output, const at::Tensor& input,
     return {grad_input, grad_w, grad_b};
   }
 
-  const int64_t widest = widest_of(weights);
-  const Blocks blocks = plan_blocks(M, widest, input.element_size());
+  const Blocks blocks = plan_blocks(M, weights, input.element_size());
   const bool want_params = want_w || want_b;
 
   dispatch_float_double(input, [&](auto tag) {
@@ -252,7 +260,7 @@ MlpGrads mlp_backward(const at::Tensor& grad_output, const at::Tensor& input,
     const std::vector<Layer<T>> layers = layers_of<T>(weights, std::vector<bool>(L, false), {});
     // Per task: two gradient buffers for the block (ping-pong between layers), one block's
     // weight gradient and one block's bias gradient of a layer.
-    const int64_t grad_elems = blocks.rows * widest;
+    const int64_t grad_elems = blocks.rows * blocks.widest;
     const int64_t per_task = 2 * grad_elems + (want_w ? widest_w : 0) + widest_b;
     const at::Tensor scratch = at::empty({blocks.tasks * per_task}, input.options());
     const at::Tensor sums = at::empty({(blocks.tasks - 1) * (w_total + b_total)}, input.options());
