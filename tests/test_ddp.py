@@ -1,9 +1,11 @@
-"""DistributedDataParallel over fused modules + FusedSGD: two processes on localhost (gloo), each
-on half of every batch, end with the same parameters as one process training on whole batches."""
+"""DistributedDataParallel over fused modules (per-layer, and one FusedMLP) + FusedSGD: two
+processes on localhost (gloo), each on half of every batch, end with the same parameters as one
+process training on whole batches."""
 import datetime
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -18,8 +20,10 @@ BATCH = 32
 SGD = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
 
 
-def make_model():
+def make_model(kind="layers"):
     torch.manual_seed(0)
+    if kind == "mlp":
+        return fused_linreg.FusedMLP([10, 24, 24, 2]).double()
     return nn.Sequential(
         fused_linreg.FusedLinearReLU(10, 24),
         fused_linreg.FusedLinearReLU(24, 24),
@@ -49,14 +53,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def _worker(rank, port, out_dir):
+def _worker(rank, port, out_dir, kind):
     torch.set_num_threads(1)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE,
                             timeout=datetime.timedelta(seconds=60))
     try:
-        model = DDP(make_model())
+        model = DDP(make_model(kind))
         x, y = data()
         shard = BATCH // WORLD_SIZE  # this rank's half of every batch
         batches = [(x[i, rank * shard:(rank + 1) * shard], y[i, rank * shard:(rank + 1) * shard])
@@ -69,15 +73,16 @@ def _worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
-def test_ddp_two_processes_match_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+@pytest.mark.parametrize("kind", ["layers", "mlp"])
+def test_ddp_two_processes_match_one_process_on_the_whole_batch(tmp_path, kind):
+    mp.spawn(_worker, args=(free_port(), str(tmp_path), kind), nprocs=WORLD_SIZE, join=True)
 
-    model = make_model()
+    model = make_model(kind)
     x, y = data()
     opt = train(model, list(zip(x, y)))
     expected = list(model.state_dict().values())
     expected_buffers = [opt.state[p]["momentum_buffer"] for p in model.parameters()]
-    assert not torch.equal(expected[0], make_model().state_dict()["0.weight"])  # it trained
+    assert not torch.equal(expected[0], make_model(kind).state_dict()["0.weight"])  # it trained
 
     for rank in range(WORLD_SIZE):
         got = torch.load(tmp_path / f"rank{rank}.pt")

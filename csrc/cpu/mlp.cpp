@@ -45,8 +45,9 @@ struct Blocks {
 // the pool would cost more than the second thread saves (the GEMM core's kThreadedMinFlops / 2).
 constexpr double kThreadedMinMacs = 1e6;
 
-// Blocks of at most kBlockBytes of the widest layer, and at least one per thread while a thread
-// would still get a whole micro-panel.
+// Blocks of about kBlockBytes of the widest layer, as many for every thread: the block count is
+// rounded up to a multiple of the thread count and the rows shared out evenly (3 blocks on 2
+// threads made one thread do twice the other's work).
 Blocks plan_blocks(int64_t M, at::TensorList weights, int64_t element_size) {
   double macs = 0;
   int64_t widest = weights[0].size(1);
@@ -57,8 +58,8 @@ Blocks plan_blocks(int64_t M, at::TensorList weights, int64_t element_size) {
   widest = std::max<int64_t>(widest, 1);
   const int threads = macs < kThreadedMinMacs ? 1 : std::max(1, num_threads());
   int64_t rows = std::max(kMinBlockRows, kBlockBytes / (widest * element_size) / kRowMultiple * kRowMultiple);
-  const int64_t per_thread = ceil_div(M, threads);
-  if (per_thread < rows) rows = std::max<int64_t>(8, ceil_div(per_thread, 8) * 8);
+  const int64_t even = std::max<int64_t>(1, ceil_div(ceil_div(M, rows), threads)) * threads;
+  rows = std::max<int64_t>(8, ceil_div(ceil_div(M, even), 8) * 8);
   const int64_t count = ceil_div(M, rows);
   return {rows, count, std::min<int64_t>(threads, count), widest};
 }
