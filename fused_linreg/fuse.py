@@ -94,7 +94,8 @@ def _mlp_replacement(seq: nn.Sequential, memo: Dict[tuple, nn.Module]) -> FusedM
 
 
 def _fuse_children(module: nn.Module, memo: Dict[tuple, nn.Module], seen: set, mlp: bool) -> None:
-    if id(module) in seen:
+    # A FusedMLP computes its children's parameters itself: they stay plain nn.Linear.
+    if id(module) in seen or isinstance(module, FusedMLP):
         return
     seen.add(id(module))
     names = list(module._modules)

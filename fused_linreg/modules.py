@@ -151,8 +151,8 @@ class FusedMLP(nn.Sequential):
     keys, indexing), only its forward differs: on CPU, float32 / float64 and widths up to
     ``MLP_MAX_WIDTH``, every layer runs on a block of rows before the next block
     (``torch.ops.fused_linreg.mlp_forward`` / ``mlp_backward``); otherwise (CUDA, other dtypes,
-    autocast, wider layers, weights an in-backward ``FusedSGD`` updates) it runs the per-layer
-    fused kernels. The children's own forwards and hooks are not called.
+    autocast, torch.func transforms, wider layers, weights an in-backward ``FusedSGD`` updates) it
+    runs the per-layer fused kernels. The children's own forwards and hooks are not called.
 
     >>> mlp = fused_linreg.FusedMLP([64, 256, 256, 10])   # was nn.Sequential(nn.Linear(64, 256), ...)
     """
@@ -208,6 +208,7 @@ class FusedMLP(nn.Sequential):
                 and all(w.dtype == input.dtype and w.device == input.device for w in weights)
                 and max(max(w.shape) for w in weights) <= MLP_MAX_WIDTH
                 and not torch.is_autocast_enabled("cpu")
+                and not torch._C._are_functorch_transforms_active()
                 and all(controller_for(w) is None for w in weights))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

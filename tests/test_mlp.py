@@ -332,8 +332,32 @@ def test_double_backward_and_forward_mode_are_refused_clearly():
     (gx,) = torch.autograd.grad(fused(x).sum(), [x], create_graph=True)
     with pytest.raises(RuntimeError, match="differentiable once"):
         gx.sum().backward()
-    with pytest.raises(RuntimeError, match="forward-mode AD"):
-        torch.func.jvp(fused, (x.detach(),), (torch.ones_like(x),))
+    ws, bs = [fused[0].weight, fused[2].weight], [fused[0].bias, fused[2].bias]
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x.detach(), torch.ones_like(x))
+        with pytest.raises(RuntimeError, match="forward-mode AD"):
+            OPS.mlp_forward(dual, ws, bs)
+
+
+def test_torch_func_runs_layer_by_layer():
+    fused = FusedMLP([4, 5, 2], dtype=torch.float64)
+    ref = sequential([4, 5, 2], dtype=torch.float64)
+    ref.load_state_dict(fused.state_dict())
+    x, t = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    out, tangent = torch.func.jvp(fused, (x,), (t,))
+    out_ref, tangent_ref = torch.func.jvp(ref, (x,), (t,))
+    torch.testing.assert_close(out, out_ref)
+    torch.testing.assert_close(tangent, tangent_ref)
+    torch.testing.assert_close(torch.func.jacrev(fused)(x[0]), torch.func.jacrev(ref)(x[0]))
+
+
+def test_fuse_leaves_a_fused_mlp_as_it_is():
+    mlp = FusedMLP([4, 5, 2])
+    model = nn.Sequential(mlp, nn.ReLU(), nn.Linear(2, 3))
+    for fused in (fused_linreg.fuse(model), fused_linreg.fuse(model, mlp=True)):
+        assert type(fused[0]) is FusedMLP
+        assert [type(m) for m in fused[0]] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert type(fused_linreg.fuse(mlp, mlp=True)) is FusedMLP
 
 
 def test_other_dtypes_run_layer_by_layer():
