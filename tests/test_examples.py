@@ -163,7 +163,8 @@ README = os.path.join(ROOT, "README.md")
 # The user's documentation: the README and what it links to in docs/ (the CUDA pages are design
 # notes and GPU records, whose code needs a GPU).
 USER_DOCS = [README] + [os.path.join(ROOT, "docs", f) for f in
-                        ("examples.md", "pytorch.md", "benchmarks.md", "in_backward.md", "determinism.md")]
+                        ("examples.md", "pytorch.md", "benchmarks.md", "in_backward.md", "determinism.md",
+                         "mlp.md")]
 
 
 def readme_blocks(lang, files=(README,)):
