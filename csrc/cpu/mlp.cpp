@@ -14,6 +14,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/isa.h"
@@ -112,6 +115,39 @@ template <typename T> struct Rows {
 
 // The per-task gradient sums are kept in the input's dtype, which bfloat16 would round at every
 // block: FusedMLP runs other dtypes layer by layer.
+// For each mask byte, its 8 bits as all-ones / all-zeros lanes of T's width: the mask is applied
+// 8 elements at a time with a bitwise AND, which the compiler vectorizes (a per-bit select loop
+// took a quarter of the backward).
+template <typename U> const std::array<std::array<U, 8>, 256>& byte_lanes() {
+  static const auto table = [] {
+    std::array<std::array<U, 8>, 256> t{};
+    for (int b = 0; b < 256; ++b)
+      for (int j = 0; j < 8; ++j) t[b][j] = (b >> j) & 1 ? ~U(0) : U(0);
+    return t;
+  }();
+  return table;
+}
+
+// g[r, c] = 0 where bit (r, c) of the ReLU bitmask is clear (the layout of BitMask in gemm_args.h).
+template <typename T>
+void apply_relu_mask(T* g, int64_t rows, int64_t cols, const uint8_t* bits, int64_t row_bytes) {
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  const auto& lanes = byte_lanes<U>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* m = bits + r * row_bytes;
+    T* row = g + r * cols;
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8) {
+      U v[8];
+      std::memcpy(v, row + c, sizeof(v));
+      const std::array<U, 8>& keep = lanes[m[c >> 3]];
+      for (int j = 0; j < 8; ++j) v[j] &= keep[j];
+      std::memcpy(row + c, v, sizeof(v));
+    }
+    for (; c < cols; ++c) row[c] = (m[c >> 3] >> (c & 7)) & 1 ? row[c] : T(0);
+  }
+}
+
 // The GEMM acc[M, N] = A[M, K] @ B[K, N] over row-major operands; the caller sets hooks and output.
 template <typename T> GemmArgs<T> product(int64_t M, int64_t N, int64_t K, Rows<T> a, Rows<T> b) {
   GemmArgs<T> g;
@@ -276,14 +312,17 @@ MlpGrads mlp_backward(const at::Tensor& grad_output, const at::Tensor& input,
       for (int64_t b = first; b < blocks.first_of_task(t + 1); ++b) {
         const int64_t r0 = blocks.begin(b), mb = std::min(blocks.rows, M - r0);
         Rows<T> g_rows{data_as<const T>(go) + r0 * go.stride(0), go.stride(0), go.stride(1)};
+        T* g_own = nullptr;  // g_rows once it is a task buffer (below the last layer)
         for (int64_t l = L - 1; l >= 0; --l) {
           const Layer<T>& layer = layers[l];
           const Rows<T> in = l == 0 ? Rows<T>{data_as<const T>(x) + r0 * x.stride(0), x.stride(0), x.stride(1)}
                                     : Rows<T>{data_as<const T>(activations[l - 1]) + r0 * layer.in, layer.in, 1};
-          // The ReLU derivative of this layer's output: its bitmask applied while packing G.
-          const BitMask bits = l + 1 < L ? BitMask{masks[l].data_ptr<uint8_t>() + r0 * layer.mask_bytes,
-                                                   layer.mask_bytes}
-                                         : BitMask{};
+          // The ReLU derivative of this layer's output, applied once to the block's gradient in its
+          // task buffer, so that neither GEMM needs the mask prologue: packing G'^T through a
+          // transposed mask was the backward's largest cost (perf, 65536x64x4).
+          if (l + 1 < L)
+            apply_relu_mask(g_own, mb, layer.out,
+                            masks[l].data_ptr<uint8_t>() + r0 * layer.mask_bytes, layer.mask_bytes);
           const bool bias_grad = grad_b_of[l] != nullptr;
           if (want_w || bias_grad) {
             // grad_W [out, in] += G'^T @ in over the block's rows; the row sums of G'^T are the
@@ -296,8 +335,6 @@ MlpGrads mlp_backward(const at::Tensor& grad_output, const at::Tensor& input,
             // A(n, m) = G'[m, n]
             GemmArgs<T> g = product(layer.out, want_w ? layer.in : 0, mb,
                                     Rows<T>{g_rows.p, g_rows.cs, g_rows.rs}, in);
-            g.a_mask = bits;
-            g.a_mask_transposed = true;
             g.ldc = layer.in;
             g.c = add ? block_w : w_sum;
             g.a_row_sums = bias_grad ? (add ? block_b : b_sum) : nullptr;
@@ -312,11 +349,11 @@ MlpGrads mlp_backward(const at::Tensor& grad_output, const at::Tensor& input,
           if (l == 0 && !want_x) break;
           // G for the layer below [mb, in] = G' @ W.
           GemmArgs<T> g = product(mb, layer.in, layer.out, g_rows, Rows<T>{layer.w, layer.w_rs, layer.w_cs});
-          g.a_mask = bits;
           g.ldc = layer.in;
-          g.c = l == 0 ? data_as<T>(*grad_input) + r0 * layer.in : grads[l % 2];
+          g_own = l == 0 ? data_as<T>(*grad_input) + r0 * layer.in : grads[l % 2];
+          g.c = g_own;
           run_gemm(g, op, input);
-          g_rows = Rows<T>{g.c, layer.in, 1};
+          g_rows = Rows<T>{g_own, layer.in, 1};
         }
       }
     });
