@@ -1,13 +1,13 @@
 """``fuse(model)``: an existing model on fused_linreg's kernels, without editing its code."""
 import copy
-from typing import Dict, List, Optional, TypeVar
+from typing import Dict, List, TypeVar
 
 from torch import nn
 
 from torch.nn.modules.module import _WrappedHook
 
 from fused_linreg.modules import (FusedLinear, FusedLinearReLU, FusedMLP, bound_to_instance,
-                                  computed_tensors, pruning_hooks)
+                                  computed_tensors, mlp_run_end, pruning_hooks)
 
 __all__ = ["fuse"]
 
@@ -59,66 +59,36 @@ def _replacement(linear: nn.Module, cls: type, memo: Dict[tuple, nn.Module]) -> 
     return memo[key]
 
 
-def _mlp_layer(module: Optional[nn.Module]) -> bool:
-    """An nn.Linear that FusedMLP can compute: no hooks (its forward is not called), no pruning
-    (whose hook sets the weight before each forward), no empty dimension."""
-    return (type(module) is nn.Linear and _fusable(module) and not _has_hooks(module)
-            and not pruning_hooks(module) and module.in_features > 0 and module.out_features > 0)
-
-
-def _mlp_run(children: List[Optional[nn.Module]]) -> int:
-    """How many of ``children`` from the first on are Linear, ReLU, Linear, ..., Linear with at
-    least one ReLU, chained shape to shape; 0 if they are not."""
-    if not _mlp_layer(children[0]):
-        return 0
-    end = 1
-    while (end + 1 < len(children) and type(children[end]) is nn.ReLU and not _has_hooks(children[end])
-           and _mlp_layer(children[end + 1])
-           and children[end + 1].in_features == children[end - 1].out_features):
-        end += 2
-    return end if end >= 3 else 0
-
-
-def _whole_mlp(module: nn.Module) -> bool:
-    """An nn.Sequential (without hooks) that is one MLP run from end to end."""
+def _mlp_runs(module: nn.Module) -> List[range]:
+    """The children indices of each run Linear, ReLU, ..., Linear (at least two Linears) that a
+    FusedMLP computes as one operator: FusedMLP.forward finds the same ones at every call."""
     children = list(module._modules.values())
-    return (type(module) is nn.Sequential and not _has_hooks(module) and len(children) >= 3
-            and _mlp_run(children) == len(children))
-
-
-def _mlp_replacement(seq: nn.Sequential, memo: Dict[tuple, nn.Module]) -> FusedMLP:
-    key = (id(seq), FusedMLP)
-    if key not in memo:
-        memo[key] = FusedMLP.from_linears(list(seq._modules.values())[::2])
-    return memo[key]
+    runs, i = [], 0
+    while i < len(children):
+        end = mlp_run_end(children, i)
+        if end - i >= 3:
+            runs.append(range(i, end))
+        i = max(end, i + 1)
+    return runs
 
 
 def _fuse_children(module: nn.Module, memo: Dict[tuple, nn.Module], seen: set, mlp: bool) -> None:
-    # A FusedMLP computes its children's parameters itself: they stay plain nn.Linear.
-    if id(module) in seen or isinstance(module, FusedMLP):
+    if id(module) in seen:
         return
     seen.add(id(module))
     names = list(module._modules)
-    skip = 0
+    in_runs = set()
+    # A FusedMLP's runs stay as they are, with or without mlp.
+    if type(module) is FusedMLP or (mlp and type(module) is nn.Sequential):
+        runs = _mlp_runs(module)
+        if runs:
+            # The Sequential becomes a FusedMLP in place: the same object, children, names, hooks,
+            # parameters and buffers, so state_dict keys and parameter paths stay as they were.
+            module.__class__ = FusedMLP
+        in_runs = {i for run in runs for i in run}
     for i, name in enumerate(names):
         child = module._modules[name]
-        if child is None or skip:
-            skip = max(skip - 1, 0)
-            continue
-        if mlp and _whole_mlp(child):
-            module._modules[name] = _mlp_replacement(child, memo)
-            continue
-        run = _mlp_run([module._modules[n] for n in names[i:]]) if mlp and isinstance(module, nn.Sequential) else 0
-        if run:
-            # A run inside a longer Sequential: the FusedMLP takes the first index, Identities the
-            # rest, and its state_dict keys are mapped back to the indices its Linears had.
-            run_names = names[i:i + run]
-            fused = FusedMLP.from_linears([module._modules[n] for n in run_names[::2]])
-            fused._use_sibling_names(module, name, {str(k): run_names[k] for k in range(0, run, 2)})
-            module._modules[name] = fused
-            for n in run_names[1:]:
-                module._modules[n] = nn.Identity()
-            skip = run - 1
+        if child is None or i in in_runs:  # a run's Linears stay plain nn.Linear for FusedMLP
             continue
         following = module._modules[names[i + 1]] if i + 1 < len(names) else None
         if (isinstance(module, nn.Sequential) and _fusable(child)
@@ -161,12 +131,11 @@ def fuse(model: M, inplace: bool = False, mlp: bool = False) -> M:
     ``nn.Linear`` comes back as a new :class:`FusedLinear` (on the same Parameters when
     ``inplace=True``).
 
-    With ``mlp=True``, each run Linear, ReLU, Linear, ..., Linear (at least two Linears, without
-    hooks or pruning) inside an ``nn.Sequential`` becomes one :class:`FusedMLP` on the same
-    Parameters, with the same ``state_dict`` keys, so checkpoints load either way: an
-    ``nn.Sequential`` that is such a run as a whole is replaced by the FusedMLP; a run inside a
-    longer one becomes a FusedMLP at the run's first index and Identities after it, its
-    ``state_dict`` keys mapped back to the indices the Linears had.
+    With ``mlp=True``, an ``nn.Sequential`` holding a run Linear, ReLU, Linear, ..., Linear (at
+    least two Linears, without hooks or pruning) becomes a :class:`FusedMLP`, which computes each
+    such run as one operator: the same object with its class changed, so its children, names,
+    parameters, buffers, hooks and ``state_dict`` keys stay as they were and checkpoints load
+    either way. Its other children are fused as without ``mlp``.
 
     A Linear keeps its hooks; one with forward or backward hooks is not merged with its ReLU
     (they would see the ReLU's output and gradients instead of its own). With ``inplace=True``
@@ -197,7 +166,5 @@ def fuse(model: M, inplace: bool = False, mlp: bool = False) -> M:
     memo: Dict[tuple, nn.Module] = {}
     if type(model) is nn.Linear:
         return _replacement(model, FusedLinear, memo) if _fusable(model) else model
-    if mlp and _whole_mlp(model):
-        return _mlp_replacement(model, memo)
     _fuse_children(model, memo, set(), mlp)
     return model

@@ -1,6 +1,8 @@
 """Drop-in modules: subclasses of torch.nn.Linear, so parameters, initialization, state_dict keys
 and repr are nn.Linear's; and FusedMLP, an nn.Sequential of them computed as one operator."""
-from typing import Dict, List, Optional, Sequence, TypeVar
+import numbers
+from collections import OrderedDict
+from typing import List, Optional, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -143,23 +145,61 @@ _MLP_DTYPES = (torch.float32, torch.float64)
 _mlp_forward = ops.mlp_forward.default
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    """Hooks that run only when the module is called: FusedMLP then calls it, instead of computing
+    it inside a run (pruning, weight_norm and spectral_norm set the weight in such a hook)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or getattr(module, "_backward_pre_hooks", None))
+
+
+def _global_hooks() -> bool:
+    """Hooks registered for every module (nn.modules.module.register_module_forward_hook, ...)."""
+    from torch.nn.modules import module as m
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
+                or getattr(m, "_global_backward_pre_hooks", None))
+
+
+def _run_layer(module: Optional[nn.Module]) -> bool:
+    """A child that a run computes with the kernels instead of calling it: an nn.Linear (exactly:
+    a subclass may change forward) with neither hooks nor a forward of its own."""
+    return type(module) is nn.Linear and not _has_hooks(module) and "forward" not in vars(module)
+
+
+def mlp_run_end(children: Sequence[Optional[nn.Module]], start: int) -> int:
+    """The end of the run Linear, ReLU, Linear, ..., Linear (chained shape to shape) that begins at
+    ``children[start]``; ``start`` when no Linear begins there."""
+    if not _run_layer(children[start]):
+        return start
+    end = start + 1
+    while (end + 1 < len(children) and type(children[end]) is nn.ReLU and not _has_hooks(children[end])
+           and _run_layer(children[end + 1])
+           and children[end + 1].in_features == children[end - 1].out_features):
+        end += 2
+    return end
+
+
 class FusedMLP(nn.Sequential):
     """``nn.Sequential(Linear, ReLU, Linear, ReLU, ..., Linear)`` computed as one operator.
 
     ``sizes = [in, h1, ..., out]``: a Linear + ReLU per hidden layer and a plain Linear last. The
     module *is* that nn.Sequential (same children, initialization and RNG use, ``state_dict``
-    keys, indexing), only its forward differs: on CPU, float32 / float64 and widths up to
-    ``MLP_MAX_WIDTH``, every layer runs on a block of rows before the next block
-    (``torch.ops.fused_linreg.mlp_forward`` / ``mlp_backward``); otherwise (CUDA, other dtypes,
-    autocast, torch.func transforms, wider layers, weights an in-backward ``FusedSGD`` updates) it
-    runs the per-layer fused kernels. The children's own forwards and hooks are not called.
+    keys, indexing); only its forward differs. It reads its children at every call: each run
+    Linear, ReLU, ..., Linear of plain ``nn.Linear`` / ``nn.ReLU`` children is computed by the
+    kernels, any other child (and a Linear or ReLU with hooks, e.g. pruned) is called as the
+    Sequential would. A run goes through one operator (``torch.ops.fused_linreg.mlp_forward`` /
+    ``mlp_backward``) on CPU, float32 / float64 and widths up to ``MLP_MAX_WIDTH``; otherwise
+    (CUDA, other dtypes, autocast, torch.func transforms, wider layers, weights an in-backward
+    ``FusedSGD`` updates) through the per-layer fused kernels.
 
     >>> mlp = fused_linreg.FusedMLP([64, 256, 256, 10])   # was nn.Sequential(nn.Linear(64, 256), ...)
     """
 
     def __init__(self, sizes: Sequence[int], bias: bool = True, dtype: Optional[torch.dtype] = None,
                  device=None) -> None:
-        sizes = list(sizes)
+        if isinstance(sizes, OrderedDict):  # nn.Sequential's own form, which its slicing uses
+            super().__init__(sizes)
+            return
+        sizes = [int(n) if isinstance(n, numbers.Integral) else n for n in sizes]
         if len(sizes) < 2 or not all(isinstance(n, int) and n >= 1 for n in sizes):
             raise ValueError(f"FusedMLP: sizes must be [in, hidden..., out] with at least two positive "
                              f"integers, got {sizes}")
@@ -169,39 +209,29 @@ class FusedMLP(nn.Sequential):
             if i + 2 < len(sizes):
                 layers.append(nn.ReLU())
         super().__init__(*layers)
-        # Set by fuse() on a run inside a larger nn.Sequential: own child name -> the sibling name
-        # its parameters had there, so that state_dict keys stay the parent's.
-        self._sibling_names: Optional[Dict[str, str]] = None
 
     @classmethod
     def from_linears(cls, linears: Sequence[nn.Linear]) -> "FusedMLP":
         """A FusedMLP over these nn.Linear modules themselves (same Parameters), a ReLU between
         each two."""
         linears = list(linears)
+        if not linears:
+            raise ValueError("FusedMLP.from_linears: no layers given")
         for i, lin in enumerate(linears):
             if type(lin) is not nn.Linear:
                 raise TypeError(f"FusedMLP.from_linears: layer {i} is a {type(lin).__name__}, not an nn.Linear")
             if i and lin.in_features != linears[i - 1].out_features:
                 raise ValueError(f"FusedMLP.from_linears: layer {i} takes {lin.in_features} features but "
                                  f"layer {i - 1} gives {linears[i - 1].out_features}")
-        module = cls.__new__(cls)
         layers: List[nn.Module] = []
         for i, lin in enumerate(linears):
             layers.append(lin)
             if i + 1 < len(linears):
                 layers.append(nn.ReLU())
+        module = cls.__new__(cls)
         nn.Sequential.__init__(module, *layers)
-        module._sibling_names = None
         module.train(linears[0].training)
         return module
-
-    def _use_sibling_names(self, parent: nn.Module, name: str, names: Dict[str, str]) -> None:
-        """State dict keys as the parameters had them as siblings in ``parent``, where this
-        module is child ``name``. Loading needs a hook on the parent: a child's load_state_dict
-        sees only the keys under its own name."""
-        self._sibling_names = names
-        self._register_state_dict_hook(_to_sibling_keys)
-        parent._register_load_state_dict_pre_hook(_FromSiblingKeys(name, names))
 
     def _fused_path(self, input: torch.Tensor, weights: List[torch.Tensor]) -> bool:
         return (input.device.type == "cpu" and input.dtype in _MLP_DTYPES
@@ -211,40 +241,31 @@ class FusedMLP(nn.Sequential):
                 and not torch._C._are_functorch_transforms_active()
                 and all(controller_for(w) is None for w in weights))
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        linears = list(self._modules.values())[::2]
+    def _run(self, input: torch.Tensor, linears: List[nn.Linear]) -> torch.Tensor:
         weights = [lin.weight for lin in linears]
-        biases = [lin.bias for lin in linears]
-        if isinstance(input, torch.Tensor) and self._fused_path(input, weights):
-            return _mlp_forward(input, weights, biases)[0]
+        if len(linears) > 1 and isinstance(input, torch.Tensor) and self._fused_path(input, weights):
+            return _mlp_forward(input, weights, [lin.bias for lin in linears])[0]
         for lin in linears[:-1]:
             input = F.linear_relu(input, lin.weight, lin.bias)
         return F.linear(input, linears[-1].weight, linears[-1].bias)
 
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        children = list(self._modules.values())
+        called_one_by_one = _global_hooks()
+        i = 0
+        while i < len(children):
+            end = i if called_one_by_one else mlp_run_end(children, i)
+            if end == i:
+                input = children[i](input)
+                i += 1
+            elif end == i + 1 and i + 1 < len(children) and type(children[i + 1]) is nn.ReLU \
+                    and not _has_hooks(children[i + 1]):
+                input = F.linear_relu(input, children[i].weight, children[i].bias)  # a lone Linear+ReLU
+                i += 2
+            else:
+                input = self._run(input, children[i:end:2])
+                i = end
+        return input
+
     def __prepare_scriptable__(self):
         raise F.torchscript_unsupported(type(self).__name__)
-
-
-def _parent_prefix(prefix: str) -> str:
-    return prefix[:prefix.rstrip(".").rfind(".") + 1]
-
-
-def _to_sibling_keys(module: FusedMLP, state_dict, prefix: str, local_metadata) -> None:
-    parent = _parent_prefix(prefix)
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        child, rest = key[len(prefix):].split(".", 1)
-        state_dict[f"{parent}{module._sibling_names[child]}.{rest}"] = state_dict.pop(key)
-
-
-class _FromSiblingKeys:
-    """The load_state_dict pre-hook of a FusedMLP's parent: the keys of the Linears' former
-    indices become the FusedMLP's own (a class, so that models with it pickle and deepcopy)."""
-
-    def __init__(self, name: str, names: Dict[str, str]) -> None:
-        self.name, self.names = name, names
-
-    def __call__(self, state_dict, prefix: str, *args) -> None:
-        for child, sibling in self.names.items():
-            old = f"{prefix}{sibling}."
-            for key in [k for k in state_dict if k.startswith(old)]:
-                state_dict[f"{prefix}{self.name}.{child}.{key[len(old):]}"] = state_dict.pop(key)

@@ -240,8 +240,9 @@ def test_fuse_mlp_run_inside_a_longer_sequential():
     for m in (model, nested):
         fused = fused_linreg.fuse(m, mlp=True)
         assert list(fused.state_dict()) == list(m.state_dict())
+        assert [n for n, _ in fused.named_parameters()] == [n for n, _ in m.named_parameters()]
         inner = fused if m is model else fused.body
-        assert type(inner[1]) is FusedMLP and all(type(inner[i]) is nn.Identity for i in range(2, 6))
+        assert type(inner) is FusedMLP and [type(c) for c in inner] == [type(c) for c in model]
         other = copy.deepcopy(m)
         with torch.no_grad():
             for p in other.parameters():
@@ -252,13 +253,76 @@ def test_fuse_mlp_run_inside_a_longer_sequential():
         torch.testing.assert_close(run(fused), run(other))
         m.load_state_dict(fused.state_dict())
         torch.testing.assert_close(run(m), run(other))
-        # It pickles and copies with its key mapping.
+        # The plain model's state_dict drives torch.func.functional_call of the fused one.
+        zeros = {k: torch.zeros_like(v) for k, v in m.state_dict().items()}
+        torch.testing.assert_close(torch.func.functional_call(fused, zeros, (x,)) if m is model else
+                                   torch.func.functional_call(fused.body, {k[5:]: v for k, v in zeros.items()}, (x,)),
+                                   torch.full((5, 3), 1 / 3))
+        # A part of it reloads its own state_dict; it pickles and copies.
+        inner[1:6].load_state_dict(inner[1:6].state_dict())
         buffer = io.BytesIO()
         torch.save(fused, buffer)
         buffer.seek(0)
         loaded = torch.load(buffer, weights_only=False)
         loaded.load_state_dict(copy.deepcopy(fused).state_dict())
         torch.testing.assert_close(run(loaded), run(other))
+
+
+def test_fuse_mlp_keeps_a_sequentials_names_parameters_and_hooks():
+    from collections import OrderedDict
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict(fc1=nn.Linear(4, 5), act=nn.ReLU(), fc2=nn.Linear(5, 3)))
+    model.register_buffer("scale", torch.tensor(2.0))
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    fused = fused_linreg.fuse(model, mlp=True)
+    assert type(fused) is FusedMLP and list(fused.state_dict()) == list(model.state_dict())
+    assert fused.fc1 is fused[0] and type(fused.fc1) is nn.Linear
+    x = torch.randn(7, 4)
+    torch.testing.assert_close(fused(x), model(x))
+    assert len(calls) == 2
+    fused.load_state_dict(model.state_dict())
+
+
+def test_edited_children_are_computed_as_the_sequential_would():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    edits = [lambda m: m.append(nn.ReLU()), lambda m: m.append(nn.Softmax(-1)),
+             lambda m: m.append(nn.Linear(4, 4, dtype=torch.float64)),
+             lambda m: m.__setitem__(1, nn.Tanh()), lambda m: m.insert(2, nn.Dropout(0.0)),
+             lambda m: m.__setitem__(0, nn.Sequential(nn.Linear(4, 6, dtype=torch.float64))),
+             lambda m: m.append(nn.ReLU()).append(nn.Linear(4, 2, dtype=torch.float64))]
+    for edit in edits:
+        fused = FusedMLP([4, 6, 4], dtype=torch.float64)
+        ref = nn.Sequential(*[copy.deepcopy(c) for c in fused])
+        edit(fused)
+        edit(ref)
+        ref.load_state_dict(fused.state_dict())
+        torch.testing.assert_close(fused(x), ref(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reparametrize", ["prune", "weight_norm", "spectral_norm"])
+def test_hooked_children_train_as_in_the_sequential(reparametrize):
+    from torch.nn.utils import prune
+    torch.manual_seed(0)
+    fused = FusedMLP([4, 6, 3], dtype=torch.float64)
+    ref = nn.Sequential(*[copy.deepcopy(c) for c in fused])
+    for m in (fused, ref):
+        if reparametrize == "prune":
+            prune.l1_unstructured(m[0], "weight", amount=0.5)
+        elif reparametrize == "weight_norm":
+            torch.nn.utils.weight_norm(m[0])
+        else:
+            torch.manual_seed(1)  # spectral_norm draws its power-iteration vectors
+            torch.nn.utils.spectral_norm(m[0])
+    x = torch.randn(5, 4, dtype=torch.float64)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (fused, ref)]
+    for _ in range(3):
+        for m, opt in zip((fused, ref), opts):
+            opt.zero_grad()
+            m(x).square().sum().backward()
+            opt.step()
+    torch.testing.assert_close(fused(x), ref(x), rtol=1e-10, atol=1e-10)
 
 
 def test_fuse_mlp_inplace_keeps_parameters_and_leaves_hooked_layers():
@@ -381,3 +445,23 @@ def test_cuda_runs_the_per_layer_kernels():
     torch.testing.assert_close(fused(x), ref(x))
     with pytest.raises(NotImplementedError, match="no CUDA kernel"):
         OPS.mlp_forward(x, [fused[0].weight], [None])
+
+
+def _ops_called(fn):
+    with torch.autograd.profiler.profile() as prof:
+        fn()
+    return {e.name for e in prof.function_events if e.name.startswith("fused_linreg::")}
+
+
+def test_runs_go_through_the_mlp_operator():
+    torch.manual_seed(0)
+    x = torch.randn(6, 12)
+    mlp = FusedMLP([12, 8, 8, 3])
+    assert "fused_linreg::mlp_forward" in _ops_called(lambda: mlp(x).sum().backward())
+    model = fused_linreg.fuse(nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                                            nn.Linear(8, 3), nn.Softmax(-1)), mlp=True)
+    called = _ops_called(lambda: model(x).sum().backward())
+    assert {"fused_linreg::mlp_forward", "fused_linreg::mlp_backward"} <= called
+    # A lone Linear + ReLU still runs fused, per layer.
+    single = FusedMLP.from_linears([nn.Linear(12, 8)]).append(nn.ReLU())
+    assert "fused_linreg::linear_forward" in _ops_called(lambda: single(x))
