@@ -188,8 +188,8 @@ class FusedMLP(nn.Sequential):
     kernels, any other child (and a Linear or ReLU with hooks, e.g. pruned) is called as the
     Sequential would. A run goes through one operator (``torch.ops.fused_linreg.mlp_forward`` /
     ``mlp_backward``) on CPU, float32 / float64 and widths up to ``MLP_MAX_WIDTH``; otherwise
-    (CUDA, other dtypes, autocast, torch.func transforms, wider layers, weights an in-backward
-    ``FusedSGD`` updates) through the per-layer fused kernels.
+    (CUDA, other dtypes, autocast, torch.func transforms, torch.jit.trace, wider layers, weights
+    an in-backward ``FusedSGD`` updates) through the per-layer fused kernels.
 
     >>> mlp = fused_linreg.FusedMLP([64, 256, 256, 10])   # was nn.Sequential(nn.Linear(64, 256), ...)
     """
@@ -239,6 +239,7 @@ class FusedMLP(nn.Sequential):
                 and max(max(w.shape) for w in weights) <= MLP_MAX_WIDTH
                 and not torch.is_autocast_enabled("cpu")
                 and not torch._C._are_functorch_transforms_active()
+                and not torch.jit.is_tracing()  # the tracer takes no Tensor?[] argument
                 and all(controller_for(w) is None for w in weights))
 
     def _run(self, input: torch.Tensor, linears: List[nn.Linear]) -> torch.Tensor:

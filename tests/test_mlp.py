@@ -465,3 +465,11 @@ def test_runs_go_through_the_mlp_operator():
     # A lone Linear + ReLU still runs fused, per layer.
     single = FusedMLP.from_linears([nn.Linear(12, 8)]).append(nn.ReLU())
     assert "fused_linreg::linear_forward" in _ops_called(lambda: single(x))
+
+
+def test_jit_trace_runs_layer_by_layer():
+    torch.manual_seed(0)
+    mlp = FusedMLP([4, 5, 3])
+    traced = torch.jit.trace(mlp, torch.randn(2, 4))
+    y = torch.randn(6, 4)
+    torch.testing.assert_close(traced(y), mlp(y))
