@@ -192,7 +192,7 @@ def _no_legacy_vmap(name):
     return refuse
 
 
-for _name in LINEAR_OPS:
+for _name in LINEAR_OPS + MLP_OPS:
     _legacy_vmap_lib.impl(_name, _no_legacy_vmap(_name), "Batched")
 
 

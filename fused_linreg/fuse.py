@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.modules.module import _WrappedHook
 
 from fused_linreg.modules import (FusedLinear, FusedLinearReLU, FusedMLP, bound_to_instance,
-                                  computed_tensors, mlp_run_end, pruning_hooks)
+                                  computed_tensors, mlp_run_end, plain_relu, pruning_hooks)
 
 __all__ = ["fuse"]
 
@@ -92,8 +92,7 @@ def _fuse_children(module: nn.Module, memo: Dict[tuple, nn.Module], seen: set, m
             continue
         following = module._modules[names[i + 1]] if i + 1 < len(names) else None
         if (isinstance(module, nn.Sequential) and _fusable(child)
-                and type(following) is nn.ReLU
-                and not _has_hooks(child) and not _has_hooks(following)):
+                and plain_relu(following) and not _has_hooks(child)):
             # Linear then ReLU: one FusedLinearReLU on the same Parameters; the ReLU becomes an
             # Identity so that indices and state_dict keys stay as they were.
             module._modules[name] = _replacement(child, FusedLinearReLU, memo)

@@ -159,20 +159,25 @@ def _global_hooks() -> bool:
                 or getattr(m, "_global_backward_pre_hooks", None))
 
 
-def _run_layer(module: Optional[nn.Module]) -> bool:
-    """A child that a run computes with the kernels instead of calling it: an nn.Linear (exactly:
-    a subclass may change forward) with neither hooks nor a forward of its own."""
-    return type(module) is nn.Linear and not _has_hooks(module) and "forward" not in vars(module)
+def _computed_as(module: Optional[nn.Module], cls: type) -> bool:
+    """A child that the kernels compute instead of calling it: exactly a ``cls`` (a subclass may
+    change forward) with neither hooks nor a forward of its own."""
+    return type(module) is cls and not _has_hooks(module) and "forward" not in vars(module)
+
+
+def plain_relu(module: Optional[nn.Module]) -> bool:
+    """An nn.ReLU that a fused kernel's epilogue may stand in for."""
+    return _computed_as(module, nn.ReLU)
 
 
 def mlp_run_end(children: Sequence[Optional[nn.Module]], start: int) -> int:
     """The end of the run Linear, ReLU, Linear, ..., Linear (chained shape to shape) that begins at
     ``children[start]``; ``start`` when no Linear begins there."""
-    if not _run_layer(children[start]):
+    if not _computed_as(children[start], nn.Linear):
         return start
     end = start + 1
-    while (end + 1 < len(children) and type(children[end]) is nn.ReLU and not _has_hooks(children[end])
-           and _run_layer(children[end + 1])
+    while (end + 1 < len(children) and plain_relu(children[end])
+           and _computed_as(children[end + 1], nn.Linear)
            and children[end + 1].in_features == children[end - 1].out_features):
         end += 2
     return end
@@ -259,8 +264,7 @@ class FusedMLP(nn.Sequential):
             if end == i:
                 input = children[i](input)
                 i += 1
-            elif end == i + 1 and i + 1 < len(children) and type(children[i + 1]) is nn.ReLU \
-                    and not _has_hooks(children[i + 1]):
+            elif end == i + 1 and i + 1 < len(children) and plain_relu(children[i + 1]):
                 input = F.linear_relu(input, children[i].weight, children[i].bias)  # a lone Linear+ReLU
                 i += 2
             else:

@@ -473,3 +473,23 @@ def test_jit_trace_runs_layer_by_layer():
     traced = torch.jit.trace(mlp, torch.randn(2, 4))
     y = torch.randn(6, 4)
     torch.testing.assert_close(traced(y), mlp(y))
+
+
+def test_a_relu_with_its_own_forward_is_called():
+    torch.manual_seed(0)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(4, 6, dtype=torch.float64), nn.ReLU(), nn.Linear(6, 3, dtype=torch.float64))
+    model[1].forward = torch.abs
+    for fused in (fused_linreg.fuse(model, mlp=True), fused_linreg.fuse(model)):
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-12, atol=1e-12)
+    lone = FusedMLP.from_linears([nn.Linear(4, 6, dtype=torch.float64)]).append(nn.ReLU())
+    lone[1].forward = torch.abs
+    torch.testing.assert_close(lone(x), lone[1](lone[0](x)))
+
+
+def test_legacy_batched_gradients_get_a_clear_error():
+    mlp = FusedMLP([4, 5, 3])
+    x = torch.randn(2, 4, requires_grad=True)
+    y = mlp(x)
+    with pytest.raises(RuntimeError, match="cannot be batched by PyTorch's legacy vmap"):
+        torch.autograd.grad(y, x, torch.randn(7, 2, 3), is_grads_batched=True)
