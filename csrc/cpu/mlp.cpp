@@ -113,8 +113,6 @@ template <typename T> struct Rows {
   int64_t rs, cs;
 };
 
-// The per-task gradient sums are kept in the input's dtype, which bfloat16 would round at every
-// block: FusedMLP runs other dtypes layer by layer.
 // For each mask byte, its 8 bits as all-ones / all-zeros lanes of T's width: the mask is applied
 // 8 elements at a time with a bitwise AND, which the compiler vectorizes (a per-bit select loop
 // took a quarter of the backward).
@@ -163,6 +161,8 @@ template <typename T> GemmArgs<T> product(int64_t M, int64_t N, int64_t K, Rows<
   return g;
 }
 
+// The per-task gradient sums are kept in the input's dtype, which bfloat16 would round at every
+// block: FusedMLP runs other dtypes layer by layer.
 void check_float_double(const char* op, const at::Tensor& input) {
   FUSED_LINREG_CHECK_DTYPE_SUPPORTED(
       input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
